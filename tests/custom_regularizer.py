@@ -1,0 +1,20 @@
+"""A user-defined regularizer, loaded by import path in the tests."""
+
+from torch import Tensor
+
+from rspo_bench.methods.regularizers import Regularizer
+
+
+class SquaredLogRatio(Regularizer):
+    name = "squared_log_ratio"
+    gradient_constant = 2.0
+    divergence_name = "scaled KL(pi || mu)"
+
+    def __init__(self, *, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def estimate(self, values: Tensor) -> Tensor:
+        return self.scale * values.square()
+
+    def divergence(self, policy_probs: Tensor, ref_probs: Tensor) -> Tensor:
+        return self.scale * (policy_probs * (policy_probs.log() - ref_probs.log())).sum(-1)
