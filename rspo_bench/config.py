@@ -7,7 +7,15 @@ file at once and reports each with its field path and the value received.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .methods.base_losses import base_loss_class
+from .methods.regularizers import regularizer_class
 
 
 class StrictModel(BaseModel):
@@ -41,8 +49,231 @@ class WarmupConfig(StrictModel):
 class SamplingConfig(StrictModel):
     """Sampling settings for self-play generation and evaluation."""
 
-    num_samples: int = Field(5, ge=2, description="K: responses sampled per prompt.")
+    num_samples: int = Field(5, ge=1, description="K: responses sampled per prompt (self-play needs K >= 2).")
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+
+
+class ModelWorldConfig(StrictModel):
+    """The policy world. Only ``tiny`` runs here; ``game`` and ``hf`` are separate worlds."""
+
+    kind: Literal["tiny"] = "tiny"
+    model: TinyModelConfig = TinyModelConfig()
+    warmup: WarmupConfig = WarmupConfig()
+
+
+class PromptsConfig(StrictModel):
+    """Where self-play prompts come from; they never overlap the warm-up examples."""
+
+    source: Literal["ultrafeedback"] = "ultrafeedback"
+    per_iteration: int = Field(64, ge=1, description="Fresh prompts drawn for each self-play iteration.")
+
+
+class JudgeConfig(StrictModel):
+    """The preference oracle used in self-play and as the evaluation judge."""
+
+    kind: Literal["offline"] = "offline"
+    verbosity_bias: float = Field(0.5, ge=0, description="Weight of log(1 + characters/100) in the judge score.")
+    relevance_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
+    fluency_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
+    temperature: float | None = Field(None, gt=0, description="None keeps the judge's default.")
+
+
+class SelfPlayConfig(StrictModel):
+    """The self-play loop: iterations and sampling of K responses per prompt."""
+
+    iterations: int = Field(2, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+
+    @field_validator("sampling")
+    @classmethod
+    def _two_samples(cls, sampling: SamplingConfig) -> SamplingConfig:
+        if sampling.num_samples < 2:
+            raise ValueError(f"self-play needs num_samples >= 2 to pick a winner and a loser, got {sampling.num_samples}")
+        return sampling
+
+
+class TrainingConfig(StrictModel):
+    """Optimisation of one self-play iteration on its winner/loser pairs."""
+
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with a linear warm-up.")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="Pairs per optimiser step (global batch).")
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_prompt_tokens: int = Field(96, ge=8)
+    max_response_tokens: int = Field(64, ge=8)
+
+
+class RegularizerConfig(StrictModel):
+    """One term of the regularizer combination."""
+
+    name: str = Field(description="Built-in name (reverse_kl, is_forward_kl, forward_kl, chi_squared) or 'module:Class'.")
+    weight: float = Field(1.0, ge=0, description="Weight inside the combination, before the sweep coefficient.")
+    params: dict[str, float] = Field(default_factory=dict, description="Constructor arguments, e.g. {clip: 10}.")
+    label: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _known_regularizer(cls, name: str) -> str:
+        regularizer_class(name)  # raises ValueError naming the choices
+        return name
+
+
+class VariantConfig(StrictModel):
+    """A regularized variant; the sweep runs it once per coefficient in ``coefs``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    loss: Literal["sppo", "sppo_hard", "dpo", "ipo"] | str = "sppo"
+    beta: float | None = Field(None, gt=0, description="Loss beta; None uses sweep.beta. For SPPO, η = 1/beta.")
+    regularizers: list[RegularizerConfig] = Field(default_factory=list)
+    coefs: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="Values of λ to run.")
+    pair_reduction: Literal["sum", "mean"] = "sum"
+
+    @field_validator("coefs")
+    @classmethod
+    def _non_negative(cls, coefs: list[float]) -> list[float]:
+        negative = [value for value in coefs if value < 0]
+        if negative:
+            raise ValueError(f"coefficients must be >= 0, got {negative}")
+        return coefs
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        base_loss_class(name)
+        return name
+
+
+class SweepConfig(StrictModel):
+    """A grid: every variant × each of its coefficients is one trial."""
+
+    kind: Literal["grid"] = "grid"
+    beta: float = Field(0.1, gt=0, description="Default loss beta of the variants.")
+    include_base: bool = Field(True, description="Also evaluate the base policy as trial 'base'.")
+    variants: list[VariantConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_variant_names(self) -> SweepConfig:
+        names = [variant.name for variant in self.variants]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"variant names must be unique, repeated: {duplicates}")
+        if "base" in names:
+            raise ValueError("variant name 'base' is reserved for the base policy")
+        return self
+
+
+class AlpacaEvalConfig(StrictModel):
+    """AlpacaEval-2 evaluation against the gpt4_1106_preview baseline outputs."""
+
+    enabled: bool = True
+    max_instructions: int | None = Field(None, ge=1, le=805, description="None evaluates all 805 instructions.")
+    sampling: SamplingConfig = SamplingConfig(num_samples=1, max_new_tokens=64)
+
+
+class EvaluationConfig(StrictModel):
+    alpaca_eval2: AlpacaEvalConfig = AlpacaEvalConfig()
+
+
+class ExperimentConfig(StrictModel):
+    """A whole experiment file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    world: ModelWorldConfig = ModelWorldConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    selfplay: SelfPlayConfig = SelfPlayConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    sweep: SweepConfig
+
+
+class ConfigError(ValueError):
+    """An experiment file is invalid; ``errors`` lists (field path, message, value received)."""
+
+    def __init__(self, path: str, errors: list[tuple[str, str, Any]]) -> None:
+        self.path = path
+        self.errors = errors
+        lines = [f"{path}: {len(errors)} invalid field(s)"]
+        for location, message, value in errors:
+            lines.append(f"  {location}: {message} (received: {value!r})")
+        super().__init__("\n".join(lines))
+
+
+def _all_field_names(model: type[BaseModel], names: set[str] | None = None) -> set[str]:
+    names = set() if names is None else names
+    for field_name, info in model.model_fields.items():
+        names.add(field_name)
+        for candidate in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            inner = getattr(candidate, "__args__", (candidate,))
+            for item in (candidate, *inner):
+                if isinstance(item, type) and issubclass(item, BaseModel) and item is not model:
+                    _all_field_names(item, names)
+    return names
+
+
+def _unknown_field_message(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(_all_field_names(ExperimentConfig)), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; remove it or check the field names in the README"
+    return f"unknown field {name!r}{hint}"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def parse_config(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
+    """Validate a parsed YAML document, raising :class:`ConfigError` with every error at once."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("<root>", "the file must contain a mapping of fields", raw)])
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        errors = []
+        for item in error.errors():
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = _unknown_field_message(str(item["loc"][-1]))
+            errors.append((_location(item["loc"]), message, item.get("input")))
+        raise ConfigError(source, errors) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("<file>", "config file not found", str(path))]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), [("<yaml>", f"invalid YAML: {error}", None)]) from None
+    return parse_config(raw, source=str(path))
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts and lists into dotted keys, for MLflow params."""
+    flat: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}{key}."))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            flat.update(flatten(item, f"{prefix}{index}."))
+        if not value:
+            flat[prefix.rstrip(".")] = "[]"
+    else:
+        flat[prefix.rstrip(".")] = value
+    return flat

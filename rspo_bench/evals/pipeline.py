@@ -1,0 +1,86 @@
+"""AlpacaEval-2 evaluation of a tiny-world policy, with cached generations and judgments."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..cache import stable_hash
+from ..logs import get_logger
+from ..selfplay import PolicyRef, TinyWorld
+from ..worlds import tiny
+from . import alpaca_eval2
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Metrics (percentages and characters), the model outputs and the annotation frame."""
+
+    metrics: dict[str, Any]
+    outputs: list[dict[str, Any]]
+    annotations: pd.DataFrame
+
+
+def _instruction_subset(world: TinyWorld) -> tuple[list[int], list[str], list[str]]:
+    limit = world.config.evaluation.alpaca_eval2.max_instructions
+    items = world.alpaca_instructions
+    baseline = world.alpaca_baseline
+    if len(baseline) != len(items):
+        raise ValueError(f"the baseline file has {len(baseline)} outputs for {len(items)} instructions")
+    indices = list(range(len(items))) if limit is None else _spread(len(items), limit)
+    return indices, [items[i]["instruction"] for i in indices], [baseline[i]["output"] for i in indices]
+
+
+def _spread(total: int, count: int) -> list[int]:
+    """Return ``count`` canonical indices spread evenly over the ``total`` instructions."""
+    return sorted({int(round(value)) for value in np.linspace(0, total - 1, count)})
+
+
+def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str) -> EvalResult:
+    """Generate for the AlpacaEval instructions, judge against the baseline and compute the metrics."""
+    settings = world.config.evaluation.alpaca_eval2
+    indices, instructions, baseline_outputs = _instruction_subset(world)
+    seed = world.config.seed * 1000 + 999
+    inputs = {
+        "policy": policy.key, "instructions": stable_hash(instructions),
+        "sampling": settings.sampling.model_dump(), "seed": seed,
+    }
+    key = world.cache.key("eval_generations", inputs)
+    if world.cache.lookup("eval_generations", key) is None:
+        model, tokenizer = tiny.load_policy(policy.path)
+        logger.info("AlpacaEval-2: generating for %d instructions", len(instructions))
+        responses = tiny.generate(model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1)
+        outputs = [group[0] for group in responses]
+        with world.cache.write("eval_generations", key, inputs) as staging:
+            (staging / "output.json").write_text(json.dumps(outputs), encoding="utf-8")
+    outputs = world.cache.load_json("eval_generations", key)
+
+    judge = world.judge
+    judged_inputs = {"generations": key, "judge": judge.fingerprint(), "baseline": stable_hash(baseline_outputs)}
+    judged_key = world.cache.key("eval_judgments", judged_inputs)
+    if world.cache.lookup("eval_judgments", judged_key) is None:
+        logger.info("AlpacaEval-2: judging %d outputs against the baseline with %s", len(outputs), judge.name)
+        preferences = alpaca_eval2.judge_outputs(judge, instructions, outputs, baseline_outputs).tolist()
+        with world.cache.write("eval_judgments", judged_key, judged_inputs) as staging:
+            (staging / "output.json").write_text(json.dumps(preferences), encoding="utf-8")
+    preferences = world.cache.load_json("eval_judgments", judged_key)
+
+    annotations = alpaca_eval2.annotations_frame(
+        instructions, outputs, baseline_outputs, preferences,
+        generator=generator, annotator=judge.name,
+        indices=None if len(indices) == len(world.alpaca_instructions) else indices,
+        data_dir=world.data_dir,
+    )
+    metrics = alpaca_eval2.compute_metrics(annotations, data_dir=world.data_dir)
+    metrics["n_instructions"] = len(indices)
+    records = [
+        {"instruction": text, "output": output, "generator": generator, "dataset": world.alpaca_instructions[i]["dataset"]}
+        for i, text, output in zip(indices, instructions, outputs, strict=True)
+    ]
+    return EvalResult(metrics=metrics, outputs=records, annotations=annotations)

@@ -1,0 +1,263 @@
+"""Run a grid sweep: every trial is a self-play run plus its evaluation.
+
+Trials are recorded in an Optuna study (grid sampler, SQLite storage by
+default), so a rerun skips every trial that completed before. A trial left
+RUNNING by a killed process on this host is marked failed and run again. Each
+trial's stages come from the shared stage cache, so a rerun of a partly
+finished trial resumes at its first missing stage.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from .. import data as data_module
+from ..cache import StageCache
+from ..config import ExperimentConfig, flatten
+from ..evals.pipeline import evaluate_alpaca_eval2
+from ..logs import get_logger
+from ..selfplay import TinyWorld, run_selfplay
+from ..tracking import SweepTracker, code_version
+from .grid import TrialSpec, expand_grid
+
+logger = get_logger(__name__)
+
+TRIAL_PARAM = "trial"
+OBJECTIVE = "alpaca_eval2/lc_win_rate"
+
+
+@dataclass
+class SweepPaths:
+    """Where a sweep keeps its state; every default lives under one work folder."""
+
+    workdir: Path
+    tracking_uri: str
+    storage: str
+    cache_dir: Path
+    artifact_root: Path
+
+    @classmethod
+    def under(cls, workdir: str | Path, *, tracking_uri: str | None = None, storage: str | None = None,
+              cache_dir: str | Path | None = None) -> SweepPaths:
+        root = Path(workdir).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(
+            workdir=root,
+            tracking_uri=tracking_uri or f"sqlite:///{root / 'mlruns.db'}",
+            storage=storage or f"sqlite:///{root / 'optuna.db'}",
+            cache_dir=Path(cache_dir).resolve() if cache_dir else root / "cache",
+            artifact_root=root / "mlartifacts",
+        )
+
+
+@dataclass
+class SweepResult:
+    """Outcome of one invocation: trial states, the values, and how long it took."""
+
+    name: str
+    completed: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    tracking_uri: str = ""
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+def check_data(data_dir: str | Path | None) -> None:
+    """Fail before any work when a file the sweep needs is missing from the data folder."""
+    for relative in (
+        data_module.ULTRAFEEDBACK_TRAIN,
+        data_module.ALPACA_EVAL_INSTRUCTIONS,
+        data_module.ALPACA_EVAL_BASELINE,
+        data_module.ALPACA_EVAL_DIFFICULTY,
+    ):
+        data_module.data_file(relative, data_dir)
+
+
+def _open_study(config: ExperimentConfig, storage: str, trials: list[TrialSpec]) -> optuna.Study:
+    sampler = optuna.samplers.GridSampler({TRIAL_PARAM: [trial.key for trial in trials]}, seed=config.seed)
+    study = optuna.create_study(
+        study_name=config.name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
+    _fail_dead_trials(study)
+    return study
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """Mark RUNNING trials whose process on this host is gone as FAIL, so they run again."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("host") != host:
+            continue
+        pid = trial.user_attrs.get("pid")
+        if pid is not None and _process_alive(int(pid)):
+            continue
+        logger.warning("trial %s (Optuna #%d) was left running by a dead process; marking it failed",
+                       trial.params.get(TRIAL_PARAM), trial.number)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def _completed_keys(study: optuna.Study) -> dict[str, float]:
+    return {
+        trial.params[TRIAL_PARAM]: trial.value
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if TRIAL_PARAM in trial.params
+    }
+
+
+def _trial_tags(world: TinyWorld, spec: TrialSpec, version: str) -> dict[str, str]:
+    judge = world.judge
+    settings = world.config.evaluation.alpaca_eval2
+    count = settings.max_instructions or 805
+    return {
+        "rspo.variant": spec.variant_name,
+        "rspo.coef": f"{spec.coef:g}",
+        "rspo.world": world.config.world.kind,
+        "rspo.judge": judge.name,
+        "rspo.judge_is_proxy": "true",
+        "rspo.judge_description": judge.description(),
+        "rspo.data": f"AlpacaEval 2.0: {count} of 805 instructions; baseline gpt4_1106_preview; "
+                     f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
+        "rspo.code_version": version,
+    }
+
+
+def _run_trial(world: TinyWorld, tracker: SweepTracker, spec: TrialSpec, version: str) -> float:
+    run_id, previous = tracker.trial_run(spec.key, _trial_tags(world, spec, version))
+    if previous is not None:
+        logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
+    started = time.perf_counter()
+    try:
+        trial_config = world.config.model_dump(mode="json")
+        trial_config["trial"] = {"key": spec.key, "variant": spec.variant_name, "coef": spec.coef}
+        tracker.log_params(run_id, {key: value for key, value in flatten(trial_config).items()
+                                    if not key.startswith("sweep.variants")})
+        tracker.log_text(run_id, "config/resolved.yaml", yaml.safe_dump(trial_config, sort_keys=False))
+        if spec.variant is None:
+            policy = world.base_policy
+        else:
+            def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
+                tracker.log_metrics(run_id, metrics, step=iteration)
+
+            policy = run_selfplay(world, spec.variant, spec.coef, on_iteration=log_iteration)
+        result = evaluate_alpaca_eval2(world, policy, generator=f"{world.config.name}/{spec.key}")
+        metrics = result.metrics
+        final = {
+            "alpaca_eval2/win_rate": metrics["win_rate"],
+            "alpaca_eval2/standard_error": metrics["standard_error"],
+            "alpaca_eval2/lc_win_rate": metrics["lc_win_rate"],
+            "alpaca_eval2/lc_standard_error": metrics["lc_standard_error"],
+            "alpaca_eval2/avg_length": metrics["avg_length"],
+            "alpaca_eval2/n_instructions": metrics["n_instructions"],
+            "alpaca_eval2/judge_is_proxy": 1.0,
+            "trial/seconds": time.perf_counter() - started,
+        }
+        tracker.log_metrics(run_id, final)
+        tracker.client.set_tag(run_id, "rspo.lc_gamed_source", str(metrics.get("lc_gamed_source", "")))
+        tracker.log_json(run_id, "eval/alpaca_eval2_outputs.json", result.outputs)
+        tracker.log_json(run_id, "eval/alpaca_eval2_annotations.json",
+                         result.annotations.to_dict(orient="records"))
+        tracker.log_json(run_id, "eval/alpaca_eval2_metrics.json", metrics)
+        tracker.finish(run_id, "FINISHED")
+        return float(metrics["lc_win_rate"])
+    except KeyboardInterrupt:
+        tracker.finish(run_id, "KILLED")
+        raise
+    except Exception:
+        tracker.finish(run_id, "FAILED")
+        raise
+
+
+def run_sweep(
+    config: ExperimentConfig,
+    paths: SweepPaths,
+    *,
+    data_dir: str | Path | None = None,
+    report_formats: tuple[str, ...] = ("html",),
+    report_dir: Path | None = None,
+) -> SweepResult:
+    """Run every trial of a grid sweep that has not completed, then write the report."""
+    started = time.perf_counter()
+    check_data(data_dir)
+    trials = expand_grid(config.sweep)
+    cache = StageCache(paths.cache_dir)
+    world = TinyWorld(config, cache, data_dir)
+    version = code_version()
+    tracker = SweepTracker(paths.tracking_uri, config.name, artifact_root=paths.artifact_root.as_uri())
+    tracker.log_params(tracker.parent_run_id, {k: v for k, v in flatten(config.model_dump(mode="json")).items()})
+    tracker.client.set_tag(tracker.parent_run_id, "rspo.code_version", version)
+    tracker.client.set_tag(tracker.parent_run_id, "rspo.optuna_storage", paths.storage)
+    study = _open_study(config, paths.storage, trials)
+    study.set_user_attr("mlflow_tracking_uri", paths.tracking_uri)
+    study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
+
+    result = SweepResult(name=config.name, tracking_uri=paths.tracking_uri)
+    done = _completed_keys(study)
+    logger.info("sweep %s: %d trials, %d already complete", config.name, len(trials), len(done))
+    for index, spec in enumerate(trials, start=1):
+        if spec.key in done:
+            logger.info("trial %d/%d %s: already complete (LC win rate %.2f), skipping",
+                        index, len(trials), spec.key, done[spec.key])
+            result.skipped.append(spec.key)
+            continue
+        logger.info("trial %d/%d %s: starts", index, len(trials), spec.key)
+        study.enqueue_trial({TRIAL_PARAM: spec.key})
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.suggest_categorical(TRIAL_PARAM, [t.key for t in trials])
+        trial_started = time.perf_counter()
+        try:
+            value = _run_trial(world, tracker, spec, version)
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            tracker.finish_sweep("KILLED")
+            raise
+        except Exception as error:  # noqa: BLE001 - one failed trial must not stop the sweep
+            logger.error("trial %s failed: %s: %s", spec.key, type(error).__name__, error)
+            study.tell(trial, state=TrialState.FAIL)
+            result.failed[spec.key] = f"{type(error).__name__}: {error}"
+            continue
+        study.tell(trial, value)
+        result.completed[spec.key] = value
+        logger.info("trial %s: done in %.0f s, LC win rate %.2f", spec.key, time.perf_counter() - trial_started, value)
+
+    tracker.finish_sweep("FAILED" if result.failed else "FINISHED")
+    result.seconds = time.perf_counter() - started
+    logger.info("stage cache: %d hits, %d misses", cache.hits, cache.misses)
+    if report_formats:
+        result.report = write_sweep_report(paths.tracking_uri, [config.name], report_dir, report_formats)
+    return result
+
+
+def write_sweep_report(tracking_uri: str, sweeps: list[str], output_dir: Path | None,
+                       formats: tuple[str, ...]) -> dict[str, Any]:
+    """Collect the sweeps from MLflow and write the report files."""
+    from ..reporting.collect import collect_sweep
+    from ..reporting.html import write_report
+
+    output_dir = Path(output_dir or Path("reports") / "-".join(sweeps))
+    data = [collect_sweep(tracking_uri, sweep) for sweep in sweeps]
+    paths = write_report(data, output_dir, formats=tuple(formats))
+    for kind, path in paths.items():
+        logger.info("report (%s): %s", kind, path)
+    return paths

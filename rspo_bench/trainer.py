@@ -1,0 +1,180 @@
+"""Training of one self-play iteration on precomputed preference pairs.
+
+The frozen log-probabilities under the previous iterate π_t and the base policy
+μ are computed once per iteration, before training, and stored with the
+samples; only the trained policy is in memory here. Chosen and rejected
+responses go through the model in one concatenated forward pass.
+The loop runs under ``accelerate``, so the same code runs in one process or
+under ``accelerate launch`` with several.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from transformers import get_linear_schedule_with_warmup
+
+from .config import TrainingConfig
+from .logs import get_logger, progress_bar
+from .methods import PreferenceBatch, RSPOLoss
+from .worlds import tiny
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One training row: a prompt, its winner and loser, their win probabilities and frozen log-probs."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_win_prob: float
+    rejected_win_prob: float
+    chosen_prev_logp: float
+    rejected_prev_logp: float
+    chosen_ref_logp: float
+    rejected_ref_logp: float
+    ref_response: str | None = None
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the policy of this iteration is not saved."""
+
+
+def _build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=config.learning_rate)
+    return torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+
+
+def _frozen(records: list[PairRecord], field: str) -> torch.Tensor:
+    return torch.tensor([getattr(record, field) for record in records], dtype=torch.float32)
+
+
+def _policy_logps(model, tokenizer, records: list[PairRecord], config: TrainingConfig, device) -> tuple:
+    """Return log π_θ of the chosen and rejected responses from one concatenated forward pass."""
+    prompts = [record.prompt for record in records]
+    responses = [record.chosen for record in records] + [record.rejected for record in records]
+    tokens = tiny.tokenize_pairs(
+        tokenizer,
+        prompts + prompts,
+        responses,
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_response_tokens=config.max_response_tokens,
+    )
+    tokens = {name: tensor.to(device) for name, tensor in tokens.items()}
+    logps = tiny.sequence_logps(model, tokens["input_ids"], tokens["attention_mask"], tokens["response_mask"])
+    return logps[: len(records)], logps[len(records) :]
+
+
+def _reference_sample_logps(model, tokenizer, records: list[PairRecord], config: TrainingConfig, device):
+    """Return the token-mean log π_θ of base-policy responses, as the official forward-KL term."""
+    missing = [index for index, record in enumerate(records) if record.ref_response is None]
+    if missing:
+        raise ValueError(f"rows {missing[:5]} have no base-policy response, which the forward_kl regularizer needs")
+    tokens = tiny.tokenize_pairs(
+        tokenizer,
+        [record.prompt for record in records],
+        [record.ref_response for record in records],
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_response_tokens=config.max_response_tokens,
+    )
+    tokens = {name: tensor.to(device) for name, tensor in tokens.items()}
+    return tiny.sequence_logps(
+        model, tokens["input_ids"], tokens["attention_mask"], tokens["response_mask"], average=True
+    )
+
+
+def train_iteration(
+    model: torch.nn.Module,
+    tokenizer,
+    records: list[PairRecord],
+    loss_fn: RSPOLoss,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    iteration: int,
+    accelerator: Accelerator | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place for ``config.epochs`` epochs over ``records``; return mean metrics.
+
+    Raises :class:`TrainingDivergedError` when the loss is not finite, naming the
+    step and the loss terms, before the optimiser applies the bad update.
+    """
+    if not records:
+        raise ValueError(f"iteration {iteration}: no training pairs")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    optimizer = _build_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(records) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(config.lr_warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = defaultdict(float)
+    step = 0
+    logger.info(
+        "iteration %d: training on %d pairs, %d steps (%s, lr %.2g)",
+        iteration, len(records), total_steps, config.optimizer, config.learning_rate,
+    )
+    with progress_bar(desc=f"train iter {iteration}", total=total_steps, unit="step") as bar:
+        for _ in range(config.epochs):
+            order = torch.randperm(len(records), generator=generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch_records = [records[index] for index in order[start : start + config.batch_size]]
+                metrics = _train_step(
+                    model, tokenizer, batch_records, loss_fn, config, optimizer, scheduler, accelerator,
+                    iteration=iteration, step=step,
+                )
+                for name, value in metrics.items():
+                    sums[name] += value
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+    model.eval()
+    means = {name: value / step for name, value in sums.items()}
+    logger.info("iteration %d: training done, mean loss %.4g", iteration, means["loss"])
+    return means
+
+
+def _train_step(model, tokenizer, records, loss_fn, config, optimizer, scheduler, accelerator, *, iteration, step):
+    device = accelerator.device
+    chosen_logps, rejected_logps = _policy_logps(model, tokenizer, records, config, device)
+    batch = PreferenceBatch(
+        chosen_logps=chosen_logps,
+        rejected_logps=rejected_logps,
+        chosen_prev_logps=_frozen(records, "chosen_prev_logp").to(device),
+        rejected_prev_logps=_frozen(records, "rejected_prev_logp").to(device),
+        chosen_ref_logps=_frozen(records, "chosen_ref_logp").to(device),
+        rejected_ref_logps=_frozen(records, "rejected_ref_logp").to(device),
+        chosen_win_probs=_frozen(records, "chosen_win_prob").to(device),
+        rejected_win_probs=_frozen(records, "rejected_win_prob").to(device),
+        ref_sample_logps=(
+            _reference_sample_logps(model, tokenizer, records, config, device)
+            if loss_fn.uses_reference_samples
+            else None
+        ),
+    )
+    output = loss_fn(batch)
+    if not torch.isfinite(output.loss):
+        terms = ", ".join(f"{name}={value:.4g}" for name, value in output.metrics.items())
+        raise TrainingDivergedError(
+            f"iteration {iteration}, step {step}: loss is {output.loss.item()} ({terms}). "
+            f"Lower training.learning_rate (now {config.learning_rate}) or raise the loss beta; "
+            f"earlier iterations stay cached and a rerun resumes from them."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(output.loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    metrics = dict(output.metrics)
+    metrics["grad_norm"] = float(grad_norm)
+    return metrics
