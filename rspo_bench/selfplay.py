@@ -194,7 +194,10 @@ class TinyWorld:
         if self.cache.lookup(stage, key) is None:
             model, tokenizer = tiny.load_policy(policy.path)
             logger.info("%s: sampling %d × %d responses", stage, len(prompts), sampling.num_samples)
-            responses = tiny.generate(model, tokenizer, prompts, sampling, seed=seed)
+            responses = tiny.generate(
+                model, tokenizer, prompts, sampling, seed=seed,
+                max_prompt_tokens=self.config.training.max_prompt_tokens,
+            )
             with self.cache.write(stage, key, inputs) as staging:
                 (staging / "output.json").write_text(json.dumps({"prompts": prompts, "responses": responses}), encoding="utf-8")
             return key, responses

@@ -18,3 +18,17 @@ class SquaredLogRatio(Regularizer):
 
     def divergence(self, policy_probs: Tensor, ref_probs: Tensor) -> Tensor:
         return self.scale * (policy_probs * (policy_probs.log() - ref_probs.log())).sum(-1)
+
+
+class NaNRegularizer(Regularizer):
+    """Returns NaN, to exercise the trainer's divergence check."""
+
+    name = "nan"
+    gradient_constant = 1.0
+    divergence_name = "none"
+
+    def estimate(self, values: Tensor) -> Tensor:
+        return values * float("nan")
+
+    def divergence(self, policy_probs: Tensor, ref_probs: Tensor) -> Tensor:
+        return (policy_probs * float("nan")).sum(-1)

@@ -55,7 +55,10 @@ def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str
     if world.cache.lookup("eval_generations", key) is None:
         model, tokenizer = tiny.load_policy(policy.path)
         logger.info("AlpacaEval-2: generating for %d instructions", len(instructions))
-        responses = tiny.generate(model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1)
+        responses = tiny.generate(
+            model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1,
+            max_prompt_tokens=world.config.training.max_prompt_tokens,
+        )
         outputs = [group[0] for group in responses]
         with world.cache.write("eval_generations", key, inputs) as staging:
             (staging / "output.json").write_text(json.dumps(outputs), encoding="utf-8")
