@@ -48,6 +48,11 @@ def _load_or_exit(path: Path):
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
+    # transformers' own per-call bars (weight loading, shard writing) would interleave with ours.
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 @app.command()

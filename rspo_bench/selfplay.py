@@ -263,8 +263,10 @@ def _iteration_metrics(responses, prefs, logps) -> dict[str, float]:
         # temperature and top-p, so they come from a sharpened π_t and the estimate is approximate.
         "selfplay/kl_to_base": float((policy - base).mean()),
         "selfplay/response_length": float(lengths.mean()),
-        "selfplay/win_prob_mean": float(win.mean()),
+        # The mean of P̂ over all samples is ½ by construction, so the spread and the
+        # winner-loser gap are what show how decisive the oracle is among π_t's samples.
         "selfplay/win_prob_std": float(win.std()),
+        "selfplay/win_prob_gap": float((win[rows, chosen] - win[rows, rejected]).mean()),
         "selfplay/chosen_win_prob": float(win[rows, chosen].mean()),
         "selfplay/rejected_win_prob": float(win[rows, rejected].mean()),
         "selfplay/chosen_length": float(lengths[rows, chosen].mean()),

@@ -80,7 +80,7 @@ def _iteration_metrics(key: str, iterations: int, with_eval: bool) -> list[Metri
             "train/reg_total": (0.03 + 0.02 * offset) * step,
             "selfplay/kl_to_base": (0.02 + 0.05 * offset) * step,
             "selfplay/response_length": 1300.0 + (100 + 80 * offset) * step,
-            "selfplay/win_prob_mean": 0.5 + (0.02 + 0.02 * offset) * step,
+            "selfplay/win_prob_gap": 0.1 + (0.02 + 0.02 * offset) * step,
             "selfplay/win_prob_std": 0.1,
             "selfplay/chosen_win_prob": 0.6 + 0.02 * step,
             "selfplay/rejected_win_prob": 0.4 - 0.02 * step,

@@ -69,7 +69,7 @@ def test_iteration_metrics_and_artifacts(finished_sweep):
     experiment = client.get_experiment_by_name("mini")
     (run,) = client.search_runs([experiment.experiment_id], "tags.`rspo.trial` = 'is_forward_reverse-0.1'")
     for name in ("train/loss", "train/sppo", "train/reg/is_forward_kl", "train/reg/reverse_kl",
-                 "selfplay/kl_to_base", "selfplay/response_length", "selfplay/win_prob_mean"):
+                 "selfplay/kl_to_base", "selfplay/response_length", "selfplay/win_prob_gap"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [metric.step for metric in history] == [1, 2], name
     artifacts = {item.path for folder in ("config", "eval") for item in client.list_artifacts(run.info.run_id, folder)}

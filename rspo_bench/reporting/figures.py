@@ -45,11 +45,10 @@ CORE_PANELS = (
     CurvePanel("train/loss", "Training loss", "loss (unitless)"),
     CurvePanel("train/sppo", "SPPO loss term", "loss (unitless)"),
     CurvePanel("train/reg_total", "Regularization total", "loss (unitless)"),
-    # NOTE: nats assumes the runner computes KL from natural-log probabilities,
-    # as torch log-softmax does.
+    # The runner estimates KL from natural-log probabilities (torch log-softmax), so the unit is nats.
     CurvePanel("selfplay/kl_to_base", "KL to base model", "KL (nats)"),
     CurvePanel("selfplay/response_length", "Self-play response length", "mean length (characters)"),
-    CurvePanel("selfplay/win_prob_mean", "Self-play win probability", "mean P(win) (0 to 1)"),
+    CurvePanel("selfplay/win_prob_gap", "Winner minus loser win probability", "P̂(winner) − P̂(loser)"),
 )
 # Panels drawn only when at least one trial logged per-iteration evaluation.
 EVAL_PANELS = (
