@@ -15,11 +15,13 @@ from rich.table import Table
 
 from .config import ConfigError, load_config
 from .data import ENV_VAR, DataFileNotFoundError
+from .evals.score_cli import score_app
 from .logs import get_logger, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sweeps, evaluation and reports for RSPO/SPPO.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect the stage cache.")
 app.add_typer(cache_app, name="cache")
+app.add_typer(score_app, name="score")
 console = Console(stderr=True)
 logger = get_logger("cli")
 
@@ -93,8 +95,8 @@ def sweep(
     table.add_column("LC win rate (proxy judge)", justify="right")
     for key, value in result.completed.items():
         table.add_row(key, "completed", f"{value:.2f}")
-    for key in result.skipped:
-        table.add_row(key, "already complete", "")
+    for key, value in result.skipped.items():
+        table.add_row(key, "already complete", f"{value:.2f}")
     for key, message in result.failed.items():
         table.add_row(key, "[red]failed[/red]", message[:80])
     Console().print(table)

@@ -23,10 +23,9 @@ from optuna.trial import TrialState
 from .. import data as data_module
 from ..cache import StageCache
 from ..config import ExperimentConfig, flatten
-from ..evals.pipeline import evaluate_alpaca_eval2
 from ..logs import get_logger
-from ..selfplay import TinyWorld, run_selfplay
 from ..tracking import SweepTracker, code_version
+from .executors import TrialExecutor, build_executor
 from .grid import TrialSpec, expand_grid
 
 logger = get_logger(__name__)
@@ -65,7 +64,7 @@ class SweepResult:
 
     name: str
     completed: dict[str, float] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
+    skipped: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     tracking_uri: str = ""
@@ -124,61 +123,29 @@ def _completed_keys(study: optuna.Study) -> dict[str, float]:
     }
 
 
-def _trial_tags(world: TinyWorld, spec: TrialSpec, version: str) -> dict[str, str]:
-    judge = world.judge
-    settings = world.config.evaluation.alpaca_eval2
-    count = settings.max_instructions or 805
-    return {
+def _run_trial(executor: TrialExecutor, tracker: SweepTracker, spec: TrialSpec, config: ExperimentConfig,
+               version: str) -> float:
+    tags = {
         "rspo.variant": spec.variant_name,
         "rspo.coef": f"{spec.coef:g}",
-        "rspo.world": world.config.world.kind,
-        "rspo.judge": judge.name,
-        "rspo.judge_is_proxy": "true",
-        "rspo.judge_description": judge.description(),
-        "rspo.data": f"AlpacaEval 2.0: {count} of 805 instructions; baseline gpt4_1106_preview; "
-                     f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
+        "rspo.world": config.world.kind,
         "rspo.code_version": version,
+        **executor.tags(spec),
     }
-
-
-def _run_trial(world: TinyWorld, tracker: SweepTracker, spec: TrialSpec, version: str) -> float:
-    run_id, previous = tracker.trial_run(spec.key, _trial_tags(world, spec, version))
+    run_id, previous = tracker.trial_run(spec.key, tags)
     if previous is not None:
         logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
     started = time.perf_counter()
     try:
-        trial_config = world.config.model_dump(mode="json")
+        trial_config = config.model_dump(mode="json")
         trial_config["trial"] = {"key": spec.key, "variant": spec.variant_name, "coef": spec.coef}
-        tracker.log_params(run_id, {key: value for key, value in flatten(trial_config).items()
-                                    if not key.startswith("sweep.variants")})
+        params = {key: value for key, value in flatten(trial_config).items() if not key.startswith("sweep.variants")}
+        tracker.log_params(run_id, params)
         tracker.log_text(run_id, "config/resolved.yaml", yaml.safe_dump(trial_config, sort_keys=False))
-        if spec.variant is None:
-            policy = world.base_policy
-        else:
-            def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
-                tracker.log_metrics(run_id, metrics, step=iteration)
-
-            policy = run_selfplay(world, spec.variant, spec.coef, on_iteration=log_iteration)
-        result = evaluate_alpaca_eval2(world, policy, generator=f"{world.config.name}/{spec.key}")
-        metrics = result.metrics
-        final = {
-            "alpaca_eval2/win_rate": metrics["win_rate"],
-            "alpaca_eval2/standard_error": metrics["standard_error"],
-            "alpaca_eval2/lc_win_rate": metrics["lc_win_rate"],
-            "alpaca_eval2/lc_standard_error": metrics["lc_standard_error"],
-            "alpaca_eval2/avg_length": metrics["avg_length"],
-            "alpaca_eval2/n_instructions": metrics["n_instructions"],
-            "alpaca_eval2/judge_is_proxy": 1.0,
-            "trial/seconds": time.perf_counter() - started,
-        }
-        tracker.log_metrics(run_id, final)
-        tracker.client.set_tag(run_id, "rspo.lc_gamed_source", str(metrics.get("lc_gamed_source", "")))
-        tracker.log_json(run_id, "eval/alpaca_eval2_outputs.json", result.outputs)
-        tracker.log_json(run_id, "eval/alpaca_eval2_annotations.json",
-                         result.annotations.to_dict(orient="records"))
-        tracker.log_json(run_id, "eval/alpaca_eval2_metrics.json", metrics)
+        value = executor.run(spec, tracker, run_id)
+        tracker.log_metrics(run_id, {"trial/seconds": time.perf_counter() - started})
         tracker.finish(run_id, "FINISHED")
-        return float(metrics["lc_win_rate"])
+        return value
     except KeyboardInterrupt:
         tracker.finish(run_id, "KILLED")
         raise
@@ -197,10 +164,11 @@ def run_sweep(
 ) -> SweepResult:
     """Run every trial of a grid sweep that has not completed, then write the report."""
     started = time.perf_counter()
-    check_data(data_dir)
+    if config.world.kind == "tiny":
+        check_data(data_dir)
     trials = expand_grid(config.sweep)
     cache = StageCache(paths.cache_dir)
-    world = TinyWorld(config, cache, data_dir)
+    executor = build_executor(config, cache, data_dir)
     version = code_version()
     tracker = SweepTracker(paths.tracking_uri, config.name, artifact_root=paths.artifact_root.as_uri())
     tracker.log_params(tracker.parent_run_id, {k: v for k, v in flatten(config.model_dump(mode="json")).items()})
@@ -217,7 +185,7 @@ def run_sweep(
         if spec.key in done:
             logger.info("trial %d/%d %s: already complete (LC win rate %.2f), skipping",
                         index, len(trials), spec.key, done[spec.key])
-            result.skipped.append(spec.key)
+            result.skipped[spec.key] = done[spec.key]
             continue
         logger.info("trial %d/%d %s: starts", index, len(trials), spec.key)
         study.enqueue_trial({TRIAL_PARAM: spec.key})
@@ -227,7 +195,7 @@ def run_sweep(
         trial.suggest_categorical(TRIAL_PARAM, [t.key for t in trials])
         trial_started = time.perf_counter()
         try:
-            value = _run_trial(world, tracker, spec, version)
+            value = _run_trial(executor, tracker, spec, config, version)
         except KeyboardInterrupt:
             study.tell(trial, state=TrialState.FAIL)
             tracker.finish_sweep("KILLED")
