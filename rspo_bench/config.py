@@ -56,12 +56,50 @@ class SamplingConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
 
 
-class ModelWorldConfig(StrictModel):
-    """The policy world. Only ``tiny`` runs here; ``game`` and ``hf`` are separate worlds."""
+class HFModelConfig(StrictModel):
+    """A Hugging Face causal LM checkpoint: a local folder or a hub id, loaded by transformers."""
 
-    kind: Literal["tiny"] = "tiny"
+    name_or_path: str = Field(description="Local folder or hub id, e.g. mistralai/Mistral-7B-Instruct-v0.2.")
+    revision: str | None = Field(None, description="Hub revision (commit) to pin.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    gradient_checkpointing: bool = True
+    lora_rank: int | None = Field(None, ge=1, description="Train LoRA adapters of this rank (peft); None trains all weights.")
+    generation_backend: Literal["transformers", "vllm"] = "transformers"
+    trust_remote_code: bool = False
+
+
+class GameConfig(StrictModel):
+    """A finite preference game: inline matrices or a named family generated from a seed."""
+
+    family: Literal["inline", "random", "cyclic", "bradley_terry", "length_biased"] = "random"
+    num_prompts: int = Field(4, ge=1)
+    num_responses: int = Field(5, ge=2)
+    seed: int = 0
+    preferences: list[list[list[float]]] | None = Field(None, description="inline: one P matrix per prompt.")
+    reference: list[list[float]] | None = Field(None, description="inline: μ per prompt; default uniform.")
+    lengths: list[list[float]] | None = Field(None, description="inline: length feature per response.")
+    mode: Literal["exact", "sampled"] = "exact"
+    num_samples: int = Field(8, ge=2, description="sampled mode: K draws per prompt and iteration.")
+    draws_per_prompt: int = Field(16, ge=1, description="sampled mode: winner/loser pairs per prompt and iteration.")
+    inner_steps: int = Field(200, ge=1, description="Optimiser steps that solve each iteration's loss.")
+
+
+class ModelWorldConfig(StrictModel):
+    """The policy world: ``tiny`` (CPU language model), ``hf`` (any checkpoint) or ``game`` (exact tabular)."""
+
+    kind: Literal["tiny", "hf", "game"] = "tiny"
     model: TinyModelConfig = TinyModelConfig()
     warmup: WarmupConfig = WarmupConfig()
+    hf: HFModelConfig | None = None
+    game: GameConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_for_kind(self) -> ModelWorldConfig:
+        if self.kind == "hf" and self.hf is None:
+            raise ValueError("world.kind 'hf' needs a 'hf' section with at least name_or_path")
+        if self.kind == "game" and self.game is None:
+            raise ValueError("world.kind 'game' needs a 'game' section")
+        return self
 
 
 class PromptsConfig(StrictModel):
@@ -74,8 +112,11 @@ class PromptsConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """The preference oracle used in self-play and as the evaluation judge."""
 
-    kind: Literal["offline"] = "offline"
+    kind: Literal["offline", "pairrm", "reward_model", "llm"] = "offline"
     verbosity_bias: float = Field(0.5, ge=0, description="Weight of log(1 + characters/100) in the judge score.")
+    model_name_or_path: str | None = Field(None, description="pairrm / reward_model: checkpoint folder or hub id.")
+    base_url: str | None = Field(None, description="llm: OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+    model: str | None = Field(None, description="llm: judge model name sent to the endpoint.")
     relevance_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     fluency_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     temperature: float | None = Field(None, gt=0, description="None keeps the judge's default.")
