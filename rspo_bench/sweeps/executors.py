@@ -77,5 +77,9 @@ class TinyExecutor:
 def build_executor(config: ExperimentConfig, cache: StageCache, data_dir: str | Path | None) -> TrialExecutor:
     """Return the executor of the config's world."""
     if config.world.kind == "tiny":
+        if config.judge.kind != "offline":
+            raise ValueError(
+                f"judge.kind {config.judge.kind!r} is not wired into the tiny world's sweep yet; use 'offline'"
+            )
         return TinyExecutor(config, cache, data_dir)
     raise ValueError(f"world.kind {config.world.kind!r} has no sweep executor")
