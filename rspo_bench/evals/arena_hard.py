@@ -752,6 +752,9 @@ def _score_style_control(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     frame = battles.frame
     model_counts, baseline_counts = _style_counts(battles, answers, baseline)
+    # NOTE: the features are centred on their mean over all battles, as in arena-hard-auto v2.0.
+    # A model's indicator therefore absorbs the mean style difference of the scored models, so
+    # style control corrects models relative to each other and changes little for a lone model.
     features = style_difference_features(model_counts, baseline_counts)
     models = sorted(frame["model"].unique())
     position = {model: index for index, model in enumerate(models)}
