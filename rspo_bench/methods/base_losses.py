@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .batch import PreferenceBatch
-from .registry import import_object
+from .registry import resolve_class
 
 
 class BaseLoss(ABC):
@@ -98,12 +98,4 @@ BUILTIN_BASE_LOSSES: dict[str, type[BaseLoss]] = {
 
 def base_loss_class(name: str) -> type[BaseLoss]:
     """Return the class for a built-in loss name or an import path."""
-    if name in BUILTIN_BASE_LOSSES:
-        return BUILTIN_BASE_LOSSES[name]
-    if "." not in name and ":" not in name:
-        known = ", ".join(sorted(BUILTIN_BASE_LOSSES))
-        raise ValueError(f"unknown loss type {name!r}; use one of {known} or an import path 'module:Class'")
-    cls = import_object(name)
-    if not (isinstance(cls, type) and issubclass(cls, BaseLoss)):
-        raise ValueError(f"{name!r} is not a subclass of rspo_bench.methods.base_losses.BaseLoss")
-    return cls
+    return resolve_class(name, BUILTIN_BASE_LOSSES, BaseLoss, "loss type")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import import_object
+from ..registry import resolve_class
 from .base import Regularizer
 from .chi_squared import ChiSquared
 from .forward_kl import ForwardKL, ImportanceForwardKL
@@ -23,15 +23,7 @@ BUILTIN_REGULARIZERS: dict[str, type[Regularizer]] = {
 
 def regularizer_class(name: str) -> type[Regularizer]:
     """Return the class for a built-in short name or an import path."""
-    if name in BUILTIN_REGULARIZERS:
-        return BUILTIN_REGULARIZERS[name]
-    if "." not in name and ":" not in name:
-        known = ", ".join(sorted(BUILTIN_REGULARIZERS))
-        raise ValueError(f"unknown regularizer {name!r}; use one of {known} or an import path 'module:Class'")
-    cls = import_object(name)
-    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
-        raise ValueError(f"{name!r} is not a subclass of rspo_bench.methods.regularizers.Regularizer")
-    return cls
+    return resolve_class(name, BUILTIN_REGULARIZERS, Regularizer, "regularizer")
 
 
 def build_regularizer(name: str, params: dict[str, Any] | None = None) -> Regularizer:
