@@ -145,6 +145,44 @@ def ui(
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
 
 
+@app.command()
+def doctor(
+    workdir: WorkdirOption = Path("runs"),
+    data_dir: DataDirOption = None,
+    tracking_uri: TrackingOption = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL; default: SQLite in WORKDIR.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the tracking server and the storage.")
+    ] = 5.0,
+    iteration_check: Annotated[
+        bool,
+        typer.Option(
+            "--iteration-check", help="Also run one offline self-play iteration of a model built from a config."
+        ),
+    ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="Iteration check device (cuda, cuda:1, cpu); default: cuda if available."),
+    ] = None,
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="Iteration check with a tiny model instead of the ~0.5B-parameter one.")
+    ] = False,
+) -> None:
+    """Report package versions, devices, memory, extras, data files and store reachability (exit 1 on errors)."""
+    from .doctor import ERROR, render_checks, render_iteration_check, run_checks, run_iteration_check
+
+    checks = run_checks(
+        data_dir=data_dir, tracking_uri=tracking_uri, storage=storage, workdir=workdir, timeout=timeout
+    )
+    Console().print(render_checks(checks))
+    if iteration_check:
+        Console().print(render_iteration_check(run_iteration_check(device=device, tiny=tiny)))
+    if any(check.status == ERROR for check in checks):
+        raise typer.Exit(1)
+
+
 @cache_app.command("info")
 def cache_info(
     workdir: WorkdirOption = Path("runs"),

@@ -96,7 +96,9 @@ def package_checks() -> list[Check]:
         try:
             checks.append(Check("packages", package, OK, importlib.metadata.version(package)))
         except importlib.metadata.PackageNotFoundError:
-            checks.append(Check("packages", package, ERROR, "not installed; reinstall rspo-bench with pip install -e ."))
+            checks.append(
+                Check("packages", package, ERROR, "not installed; reinstall rspo-bench with pip install -e .")
+            )
     return checks
 
 
@@ -121,8 +123,17 @@ def device_checks() -> list[Check]:
 
     if not torch.cuda.is_available():
         threads = torch.get_num_threads()
-        return [Check("devices", "cpu", INFO, f"no CUDA device; {os.cpu_count()} CPU cores, torch uses {threads} threads")]
-    checks = [Check("devices", "cuda", OK, f"{torch.cuda.device_count()} device(s), CUDA {torch.version.cuda}")]
+        return [
+            Check(
+                "devices",
+                "cpu",
+                INFO,
+                f"no CUDA device; {os.cpu_count()} CPU cores, torch uses {threads} threads",
+            )
+        ]
+    checks = [
+        Check("devices", "cuda", OK, f"{torch.cuda.device_count()} device(s), CUDA {torch.version.cuda}")
+    ]
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
@@ -160,7 +171,7 @@ def memory_checks(paths: dict[str, Path]) -> list[Check]:
 
 
 def data_checks(data_dir: str | Path | None) -> list[Check]:
-    """Return, for each file the sweeps read, whether the data folder contains it (plain or gzip-compressed)."""
+    """Return, per file the sweeps read, whether the data folder contains it (plain or gzip-compressed)."""
     root = data_module.resolve_data_dir(data_dir)
     if not root.is_dir():
         return [
@@ -214,7 +225,9 @@ def check_database(url: str, *, timeout: float) -> tuple[str, str]:
             try:
                 connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
                 try:
-                    (tables,) = connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+                    (tables,) = connection.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                    ).fetchone()
                 finally:
                     connection.close()
             except sqlite3.Error as error:
@@ -315,7 +328,12 @@ def render_checks(checks: list[Check], *, title: str = "rspo-bench doctor") -> T
     table.add_column("detail", overflow="fold")
     for check in checks:
         style = STATUS_STYLES.get(check.status, "")
-        table.add_row(escape(check.section), escape(check.name), f"[{style}]{check.status}[/{style}]", escape(check.detail))
+        table.add_row(
+            escape(check.section),
+            escape(check.name),
+            f"[{style}]{check.status}[/{style}]",
+            escape(check.detail),
+        )
     return table
 
 
@@ -340,13 +358,29 @@ class IterationCheckSize:
 
 
 # About 0.47 B parameters: 24 layers of 16.8 M plus two 32000 × 1024 embedding matrices.
-FULL_SIZE = IterationCheckSize(1024, 4096, 24, 16, 32000, num_prompts=32, num_samples=5, max_new_tokens=256, batch_size=8)
-TINY_SIZE = IterationCheckSize(32, 64, 2, 2, 512, num_prompts=4, num_samples=3, max_new_tokens=8, batch_size=2)
+FULL_SIZE = IterationCheckSize(
+    1024, 4096, 24, 16, 32000, num_prompts=32, num_samples=5, max_new_tokens=256, batch_size=8
+)
+TINY_SIZE = IterationCheckSize(
+    32, 64, 2, 2, 512, num_prompts=4, num_samples=3, max_new_tokens=8, batch_size=2
+)
 
-TOPICS = ("the sea", "photosynthesis", "prime numbers", "the French revolution", "sourdough bread", "black holes",
-          "the water cycle", "chess openings")
-TASKS = ("Explain {topic} to a child.", "Write a short poem about {topic}.", "List three facts about {topic}.",
-         "Summarise what is known about {topic}.")
+TOPICS = (
+    "the sea",
+    "photosynthesis",
+    "prime numbers",
+    "the French revolution",
+    "sourdough bread",
+    "black holes",
+    "the water cycle",
+    "chess openings",
+)
+TASKS = (
+    "Explain {topic} to a child.",
+    "Write a short poem about {topic}.",
+    "List three facts about {topic}.",
+    "Summarise what is known about {topic}.",
+)
 
 
 @dataclass(frozen=True)
@@ -382,7 +416,11 @@ class IterationCheckResult:
             ("generation tokens/s", f"{self.generation_tokens_per_second:.0f}"),
             ("PairRM scoring", f"{self.scored_pairs} pairs in {self.scoring_seconds:.1f} s"),
             ("log-probabilities", f"{self.logp_seconds:.1f} s"),
-            ("training", f"{self.training_tokens} tokens in {self.training_seconds:.1f} s, loss {self.training_loss:.4g}"),
+            (
+                "training",
+                f"{self.training_tokens} tokens in {self.training_seconds:.1f} s, "
+                f"loss {self.training_loss:.4g}",
+            ),
             ("training tokens/s", f"{self.training_tokens_per_second:.0f}"),
         ]
         if self.peak_memory_bytes is not None:
@@ -392,11 +430,14 @@ class IterationCheckResult:
 
 def _check_prompts(count: int) -> list[str]:
     prompts = [task.format(topic=topic) for topic in TOPICS for task in TASKS]
-    return [prompts[index % len(prompts)] + ("" if index < len(prompts) else f" Version {index}.") for index in range(count)]
+    return [
+        prompts[index % len(prompts)] + ("" if index < len(prompts) else f" Version {index}.")
+        for index in range(count)
+    ]
 
 
 def _build_check_policy(size: IterationCheckSize, folder: Path, *, seed: int) -> int:
-    """Save a random Llama-style policy with the tiny world's chat template into ``folder``; return its size."""
+    """Save a random Llama-style policy with the tiny world's chat template in ``folder``; return its size."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -426,7 +467,9 @@ def _build_check_policy(size: IterationCheckSize, folder: Path, *, seed: int) ->
     return parameters
 
 
-def run_iteration_check(*, device: str | None = None, tiny: bool = False, seed: int = 0) -> IterationCheckResult:
+def run_iteration_check(
+    *, device: str | None = None, tiny: bool = False, seed: int = 0
+) -> IterationCheckResult:
     """Run one self-play iteration of the hf world end to end and time each stage.
 
     A random Llama-style policy is built from a config, saved and loaded back through
@@ -453,27 +496,43 @@ def run_iteration_check(*, device: str | None = None, tiny: bool = False, seed: 
         torch.cuda.reset_peak_memory_stats(target)
     prompts = _check_prompts(size.num_prompts)
     sampling = SamplingConfig(
-        num_samples=size.num_samples, temperature=0.7, top_p=0.9, max_new_tokens=size.max_new_tokens,
+        num_samples=size.num_samples,
+        temperature=0.7,
+        top_p=0.9,
+        max_new_tokens=size.max_new_tokens,
         batch_size=size.num_prompts,
     )
     training = TrainingConfig(
-        optimizer="rmsprop", learning_rate=5e-7, epochs=1, batch_size=size.batch_size,
-        max_prompt_tokens=128, max_response_tokens=max(size.max_new_tokens, 8),
+        optimizer="rmsprop",
+        learning_rate=5e-7,
+        epochs=1,
+        batch_size=size.batch_size,
+        max_prompt_tokens=128,
+        max_response_tokens=max(size.max_new_tokens, 8),
     )
 
     with tempfile.TemporaryDirectory(prefix="rspo-iteration-check-") as folder:
-        logger.info("iteration check: building the policy (%s size) on %s", "tiny" if tiny else "full", target)
+        logger.info(
+            "iteration check: building the policy (%s size) on %s", "tiny" if tiny else "full", target
+        )
         parameters = _build_check_policy(size, Path(folder), seed=seed)
         model_config = HFModelConfig(name_or_path=folder, dtype="bfloat16", gradient_checkpointing=not tiny)
 
         policy, tokenizer = hf.load_policy(model_config, device=target, local_files_only=True)
         generation_stats: dict[str, float] = {}
         responses = hf.generate(
-            policy, tokenizer, prompts, sampling, seed=seed, max_prompt_tokens=training.max_prompt_tokens,
+            policy,
+            tokenizer,
+            prompts,
+            sampling,
+            seed=seed,
+            max_prompt_tokens=training.max_prompt_tokens,
             stats=generation_stats,
         )
 
-        pairrm_model, pairrm_tokenizer = build_random_pairrm(prompts + [text for group in responses for text in group])
+        pairrm_model, pairrm_tokenizer = build_random_pairrm(
+            prompts + [text for group in responses for text in group]
+        )
         judge = PairRMJudge(pairrm_model.to(target), pairrm_tokenizer, name_or_path="random", batch_size=32)
         start = time.perf_counter()
         matrices = judge.preference_matrices(prompts, responses)
@@ -483,13 +542,17 @@ def run_iteration_check(*, device: str | None = None, tiny: bool = False, seed: 
         chosen = [int(np.argmax(values)) for values in win_probs]
         rejected = [len(values) - 1 - int(np.argmin(values[::-1])) for values in win_probs]
         pair_prompts = prompts + prompts
-        pair_responses = [group[index] for group, index in zip(responses, chosen)] + [
-            group[index] for group, index in zip(responses, rejected)
-        ]
+        chosen_texts = [group[index] for group, index in zip(responses, chosen, strict=True)]
+        rejected_texts = [group[index] for group, index in zip(responses, rejected, strict=True)]
+        pair_responses = chosen_texts + rejected_texts
         start = time.perf_counter()
         logps = hf.batched_sequence_logps(
-            policy, tokenizer, pair_prompts, pair_responses,
-            max_prompt_tokens=training.max_prompt_tokens, max_response_tokens=training.max_response_tokens,
+            policy,
+            tokenizer,
+            pair_prompts,
+            pair_responses,
+            max_prompt_tokens=training.max_prompt_tokens,
+            max_response_tokens=training.max_response_tokens,
         ).tolist()
         logp_seconds = time.perf_counter() - start
         del policy
@@ -511,12 +574,17 @@ def run_iteration_check(*, device: str | None = None, tiny: bool = False, seed: 
             for row in range(count)
         ]
         tokens = hf.tokenize_pairs(
-            tokenizer, pair_prompts, pair_responses,
-            max_prompt_tokens=training.max_prompt_tokens, max_response_tokens=training.max_response_tokens,
+            tokenizer,
+            pair_prompts,
+            pair_responses,
+            max_prompt_tokens=training.max_prompt_tokens,
+            max_response_tokens=training.max_response_tokens,
         )
         training_tokens = int(tokens["attention_mask"].sum())
 
-        trainable, tokenizer = hf.load_policy(model_config, device=target, training=True, local_files_only=True)
+        trainable, tokenizer = hf.load_policy(
+            model_config, device=target, training=True, local_files_only=True
+        )
         loss = RSPOLoss(
             base=SoftSPPOLoss(beta=0.001),
             terms=[
@@ -527,7 +595,13 @@ def run_iteration_check(*, device: str | None = None, tiny: bool = False, seed: 
         )
         start = time.perf_counter()
         metrics = train_iteration(
-            trainable, tokenizer, records, loss, training, seed=seed, iteration=1,
+            trainable,
+            tokenizer,
+            records,
+            loss,
+            training,
+            seed=seed,
+            iteration=1,
             accelerator=Accelerator(cpu=target.type == "cpu"),
         )
         if target.type == "cuda":

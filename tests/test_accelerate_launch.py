@@ -58,7 +58,7 @@ TEXTS = [
 ] * 8
 
 # Runs under `accelerate launch`: rank r trains on its half of the records with half the global batch.
-SCRIPT = '''
+SCRIPT = """
 import json
 import sys
 
@@ -95,7 +95,7 @@ metrics = train_iteration(model, tokenizer, shard, loss, config, seed=0, iterati
 if accelerator.is_main_process:
     torch.save({name: tensor.detach().clone() for name, tensor in model.state_dict().items()}, output_path)
     print(json.dumps({"world_size": world_size, "metrics": metrics}))
-'''
+"""
 
 
 def headline_loss() -> RSPOLoss:
@@ -148,11 +148,21 @@ def policy_dir(tmp_path_factory) -> Path:
 def single_process_weights(policy_dir: Path) -> dict[str, torch.Tensor]:
     model, tokenizer = tiny.load_policy(policy_dir)
     config = TrainingConfig(
-        batch_size=GLOBAL_BATCH, epochs=EPOCHS, learning_rate=LEARNING_RATE, lr_warmup_ratio=0.0,
-        max_prompt_tokens=48, max_response_tokens=24,
+        batch_size=GLOBAL_BATCH,
+        epochs=EPOCHS,
+        learning_rate=LEARNING_RATE,
+        lr_warmup_ratio=0.0,
+        max_prompt_tokens=48,
+        max_response_tokens=24,
     )
     train_iteration(
-        model, tokenizer, fixed_records(), headline_loss(), config, seed=0, iteration=1,
+        model,
+        tokenizer,
+        fixed_records(),
+        headline_loss(),
+        config,
+        seed=0,
+        iteration=1,
         accelerator=Accelerator(cpu=True),
     )
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -170,15 +180,37 @@ def test_two_process_ddp_matches_single_process(policy_dir, tmp_path):
     output_path = tmp_path / "ddp_weights.pt"
 
     command = [
-        launcher, "launch",
-        "--config_file", str(DDP_CONFIG),
-        "--num_processes", "2", "--num_cpu_threads_per_process", "1",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-        str(script_path), str(policy_dir), str(records_path), str(output_path), str(EPOCHS), str(LEARNING_RATE),
+        launcher,
+        "launch",
+        "--config_file",
+        str(DDP_CONFIG),
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        str(script_path),
+        str(policy_dir),
+        str(records_path),
+        str(output_path),
+        str(EPOCHS),
+        str(LEARNING_RATE),
     ]
-    environment = {**os.environ, "RSPO_BENCH_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment, cwd=tmp_path)
-    assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    environment = {
+        **os.environ,
+        "RSPO_BENCH_PROGRESS": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env=environment, cwd=tmp_path
+    )
+    assert result.returncode == 0, (
+        f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2
 
@@ -190,4 +222,6 @@ def test_two_process_ddp_matches_single_process(policy_dir, tmp_path):
     assert largest_update > 100 * TOLERANCE, "training barely moved the weights, so the comparison is empty"
     for name, tensor in single.items():
         difference = (distributed[name] - tensor).abs().max().item()
-        assert difference <= TOLERANCE, f"{name}: two-process and single-process weights differ by {difference:.3g}"
+        assert difference <= TOLERANCE, (
+            f"{name}: two-process and single-process weights differ by {difference:.3g}"
+        )

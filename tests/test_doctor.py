@@ -52,7 +52,9 @@ def test_package_versions_reported():
 def test_missing_extra_names_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        doctor.importlib.util, "find_spec", lambda name, *args: None if name == "vllm" else real_find_spec(name, *args)
+        doctor.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "vllm" else real_find_spec(name, *args),
     )
     checks = {check.name: check for check in doctor.extra_checks()}
     assert checks["vllm"].status == doctor.MISSING
@@ -200,8 +202,15 @@ def test_cli_doctor_prints_table(tmp_path):
 
 
 def test_cli_doctor_fails_on_unreachable_store(tmp_path):
-    arguments = ["doctor", "--workdir", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{closed_port()}",
-                 "--timeout", "2"]
+    arguments = [
+        "doctor",
+        "--workdir",
+        str(tmp_path),
+        "--tracking-uri",
+        f"http://127.0.0.1:{closed_port()}",
+        "--timeout",
+        "2",
+    ]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 1
 
@@ -235,8 +244,19 @@ def test_full_size_is_about_half_a_billion():
 def test_gpu_check_script_tiny_cpu(tmp_path):
     environment = {**os.environ, "PYTHON": sys.executable, "RSPO_BENCH_PROGRESS": "0"}
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--tiny", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=environment,
+        [
+            "bash",
+            str(ROOT / "benchmarks" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generation tokens/s" in result.stdout
@@ -248,7 +268,11 @@ def test_gpu_check_script_requires_cuda_without_cpu_flag():
         pytest.skip("a CUDA device is present, so the script would run the full check")
     environment = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, timeout=120, env=environment
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
     )
     assert result.returncode == 2
     assert "--device cpu --tiny" in result.stderr

@@ -17,8 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from rspo_bench.config import HFModelConfig, SamplingConfig, TrainingConfig
-from rspo_bench.methods import RegularizerTerm, RSPOLoss, SoftSPPOLoss
-from rspo_bench.methods import build_regularizer
+from rspo_bench.methods import RegularizerTerm, RSPOLoss, SoftSPPOLoss, build_regularizer
 from rspo_bench.trainer import PairRecord, train_iteration
 from rspo_bench.worlds import hf, tiny
 
@@ -138,7 +137,9 @@ def test_lora_without_peft_names_install(checkpoint):
 def test_save_policy_round_trip(checkpoint, tmp_path):
     model, tokenizer = hf.load_policy(hf_config(checkpoint), device="cpu")
     hf.save_policy(model, tokenizer, tmp_path / "saved")
-    reloaded, reloaded_tokenizer = hf.load_policy(hf_config(checkpoint), name_or_path=tmp_path / "saved", device="cpu")
+    reloaded, reloaded_tokenizer = hf.load_policy(
+        hf_config(checkpoint), name_or_path=tmp_path / "saved", device="cpu"
+    )
     input_ids = torch.tensor([[1, 5, 9, 12, 7]])
     with torch.no_grad():
         assert torch.equal(model(input_ids).logits, reloaded(input_ids).logits)
@@ -166,7 +167,12 @@ def test_sampling_key_ignores_batch_size():
     assert hf.sampling_key(small, 7) == hf.sampling_key(large, 7)
     assert hf.sampling_key(small, 7) != hf.sampling_key(small, 8)
     key = hf.sampling_key(small, 7)
-    assert (key["num_samples"], key["temperature"], key["top_p"], key["max_new_tokens"]) == (5, 0.7, 0.9, 2048)
+    assert (key["num_samples"], key["temperature"], key["top_p"], key["max_new_tokens"]) == (
+        5,
+        0.7,
+        0.9,
+        2048,
+    )
     assert key["top_k"] == 0
 
 
@@ -233,7 +239,7 @@ class FakeSamplingParams:
 
 
 class FakeLLM:
-    """Records the engine arguments, and returns prompt tokens 1 and 2 followed by </s> as every completion."""
+    """Records the engine arguments and returns prompt tokens 1 and 2 plus </s> as every completion."""
 
     instances: list[FakeLLM] = []
 
@@ -246,9 +252,10 @@ class FakeLLM:
         self.requests = (prompts, params)
         eos = self.eos_token_id
         outputs = []
-        for prompt, param in zip(prompts, params):
+        for prompt, param in zip(prompts, params, strict=True):
             completions = [
-                types.SimpleNamespace(token_ids=[*prompt["prompt_token_ids"][1:3], eos]) for _ in range(param.kwargs["n"])
+                types.SimpleNamespace(token_ids=[*prompt["prompt_token_ids"][1:3], eos])
+                for _ in range(param.kwargs["n"])
             ]
             outputs.append(types.SimpleNamespace(outputs=completions))
         return outputs
@@ -271,7 +278,7 @@ def test_vllm_backend_uses_shared_inputs(checkpoint, monkeypatch):
     expected_ids = tiny._encode_prompts(generator.tokenizer, PROMPTS, 64)
     assert [prompt["prompt_token_ids"] for prompt in prompts] == expected_ids
     key = hf.sampling_key(SAMPLING, 11)
-    for param, request_seed in zip(params, hf.prompt_seeds(11, len(PROMPTS))):
+    for param, request_seed in zip(params, hf.prompt_seeds(11, len(PROMPTS)), strict=True):
         assert param.kwargs["n"] == key["num_samples"]
         assert param.kwargs["temperature"] == key["temperature"]
         assert param.kwargs["top_p"] == key["top_p"]
@@ -302,7 +309,9 @@ def test_sequence_logps_match_unpadded(checkpoint):
     responses = ["Yes, it is.", "No"]
     batch = hf.tokenize_pairs(tokenizer, prompts, responses, max_prompt_tokens=64, max_response_tokens=16)
     with torch.no_grad():
-        batched = hf.sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        batched = hf.sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
         for row in range(2):
             length = int(batch["attention_mask"][row].sum())
             ids = batch["input_ids"][row : row + 1, :length]
@@ -317,14 +326,25 @@ def test_train_iteration_updates_hf_policy(checkpoint):
     before = [parameter.detach().clone() for parameter in model.parameters()]
     records = [
         PairRecord(
-            prompt=prompt, chosen="A good answer.", rejected="bad", chosen_win_prob=0.8, rejected_win_prob=0.2,
-            chosen_prev_logp=-20.0, rejected_prev_logp=-10.0, chosen_ref_logp=-20.0, rejected_ref_logp=-10.0,
+            prompt=prompt,
+            chosen="A good answer.",
+            rejected="bad",
+            chosen_win_prob=0.8,
+            rejected_win_prob=0.2,
+            chosen_prev_logp=-20.0,
+            rejected_prev_logp=-10.0,
+            chosen_ref_logp=-20.0,
+            rejected_ref_logp=-10.0,
         )
         for prompt in PROMPTS
     ]
-    loss = RSPOLoss(base=SoftSPPOLoss(beta=0.1), terms=[RegularizerTerm(build_regularizer("reverse_kl", {}), 1.0)], coef=0.1)
+    loss = RSPOLoss(
+        base=SoftSPPOLoss(beta=0.1),
+        terms=[RegularizerTerm(build_regularizer("reverse_kl", {}), 1.0)],
+        coef=0.1,
+    )
     config = TrainingConfig(batch_size=3, learning_rate=1e-3, max_prompt_tokens=32, max_response_tokens=16)
     metrics = train_iteration(model, tokenizer, records, loss, config, seed=0, iteration=1)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
-    changed = sum(not torch.equal(old, new) for old, new in zip(before, model.parameters()))
+    changed = sum(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
     assert changed > 0

@@ -97,7 +97,7 @@ def published_names(num_layers: int) -> set[str]:
 @pytest.fixture(scope="module")
 def random_pairrm():
     model, tokenizer = build_random_pairrm(TEXTS, seed=0)
-    # The default initialisation (std 0.02) gives logits near 0; larger head weights make preferences informative.
+    # The default initialisation (std 0.02) gives logits near 0, and larger head weights change that.
     with torch.no_grad():
         torch.manual_seed(1)
         torch.nn.init.normal_(model.head_layer[1].weight, std=1.0)
@@ -121,7 +121,9 @@ def judge(saved_pairrm) -> PairRMJudge:
 def manual_logit(model, tokenizer, source, first, second) -> float:
     ids, _ = encode_pair(tokenizer, source, first, second)
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits.item()
+        return model(
+            input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)
+        ).logits.item()
 
 
 # Parameter names ----------------------------------------------------------------------------
@@ -171,8 +173,15 @@ def write_llm_blender_checkpoint(folder: Path, model, tokenizer, *, with_tokeniz
     backbone.mkdir(parents=True)
     base_tokenizer = pairrm.train_pairrm_tokenizer(TEXTS)
     base_tokenizer.save_pretrained(backbone)
-    pairrm_fields = ("architectures", "n_tasks", "drop_out", "source_prefix_id", "cand1_prefix_id",
-                     "cand2_prefix_id", "cand_prefix_id")
+    pairrm_fields = (
+        "architectures",
+        "n_tasks",
+        "drop_out",
+        "source_prefix_id",
+        "cand1_prefix_id",
+        "cand2_prefix_id",
+        "cand_prefix_id",
+    )
     backbone_dict = {key: value for key, value in model.config.to_dict().items() if key not in pairrm_fields}
     backbone_dict["vocab_size"] = len(base_tokenizer)
     DebertaV2Config.from_dict(backbone_dict).save_pretrained(backbone)
@@ -198,7 +207,9 @@ def write_llm_blender_checkpoint(folder: Path, model, tokenizer, *, with_tokeniz
     return checkpoint
 
 
-@pytest.mark.parametrize("with_tokenizer", [True, False], ids=["tokenizer-in-folder", "tokenizer-from-backbone"])
+@pytest.mark.parametrize(
+    "with_tokenizer", [True, False], ids=["tokenizer-in-folder", "tokenizer-from-backbone"]
+)
 def test_llm_blender_layout_loads(random_pairrm, tmp_path, with_tokenizer):
     model, tokenizer = random_pairrm
     checkpoint = write_llm_blender_checkpoint(tmp_path, model, tokenizer, with_tokenizer=with_tokenizer)
@@ -209,7 +220,9 @@ def test_llm_blender_layout_loads(random_pairrm, tmp_path, with_tokenizer):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.model.state_dict()[name]), name
     expected = manual_logit(model, tokenizer, INSTRUCTION, RESPONSES[0], RESPONSES[2])
-    assert loaded.pair_logits([INSTRUCTION], [RESPONSES[0]], [RESPONSES[2]])[0] == pytest.approx(expected, abs=1e-5)
+    assert loaded.pair_logits([INSTRUCTION], [RESPONSES[0]], [RESPONSES[2]])[0] == pytest.approx(
+        expected, abs=1e-5
+    )
 
 
 def test_llm_blender_layout_rejects_wrong_names(random_pairrm, tmp_path):
@@ -241,15 +254,21 @@ def test_encode_pair_layout(random_pairrm):
 def test_encode_pair_truncation_budget(random_pairrm):
     _, tokenizer = random_pairrm
     long_text = "photosynthesis and the river Seine " * 200
-    ids, _ = encode_pair(tokenizer, long_text, long_text, long_text, source_max_length=40, candidate_max_length=30)
+    ids, _ = encode_pair(
+        tokenizer, long_text, long_text, long_text, source_max_length=40, candidate_max_length=30
+    )
     separators = [index for index, token_id in enumerate(ids) if token_id == tokenizer.sep_token_id]
     source_length = separators[0] + 1
     first_length = separators[1] - separators[0]
     second_length = separators[2] - separators[1]
     assert source_length == 40
     assert first_length == second_length == (40 + 2 * 30 - 40) // 2
-    short_ids, _ = encode_pair(tokenizer, "Hi", long_text, long_text, source_max_length=40, candidate_max_length=30)
-    short_separators = [index for index, token_id in enumerate(short_ids) if token_id == tokenizer.sep_token_id]
+    short_ids, _ = encode_pair(
+        tokenizer, "Hi", long_text, long_text, source_max_length=40, candidate_max_length=30
+    )
+    short_separators = [
+        index for index, token_id in enumerate(short_ids) if token_id == tokenizer.sep_token_id
+    ]
     assert short_separators[1] - short_separators[0] == (40 + 2 * 30 - (short_separators[0] + 1)) // 2
 
 
@@ -304,7 +323,9 @@ def test_preference_matrix_averages_both_orders(judge):
 
 def test_batch_preferences_match_matrix(judge):
     matrix = judge.preference_matrix(INSTRUCTION, RESPONSES)
-    pairs = judge.batch_preferences([INSTRUCTION] * 2, [RESPONSES[1], RESPONSES[4]], [RESPONSES[2], RESPONSES[0]])
+    pairs = judge.batch_preferences(
+        [INSTRUCTION] * 2, [RESPONSES[1], RESPONSES[4]], [RESPONSES[2], RESPONSES[0]]
+    )
     np.testing.assert_allclose(pairs, [matrix[1, 2], matrix[4, 0]], atol=1e-6)
 
 
@@ -312,7 +333,9 @@ def test_preference_matrices_batch_several_prompts(judge):
     groups = [RESPONSES[:3], RESPONSES[2:]]
     matrices = judge.preference_matrices([INSTRUCTION, "Write a poem."], groups)
     np.testing.assert_allclose(matrices[0], judge.preference_matrix(INSTRUCTION, RESPONSES[:3]), atol=1e-6)
-    np.testing.assert_allclose(matrices[1], judge.preference_matrix("Write a poem.", RESPONSES[2:]), atol=1e-6)
+    np.testing.assert_allclose(
+        matrices[1], judge.preference_matrix("Write a poem.", RESPONSES[2:]), atol=1e-6
+    )
 
 
 def test_rank_scores_are_mean_logit_differences(judge):

@@ -25,7 +25,7 @@ RESPONSES = ["Paris.", "The capital of France is Paris, on the Seine.", "London.
 
 # Custom code in the style of ArmoRM: a config with auto_map and an output with per-objective
 # `rewards` and a gated scalar `score`.
-REMOTE_CODE = '''
+REMOTE_CODE = """
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +70,7 @@ class TinyRewardModel(PreTrainedModel):
         gating = torch.softmax(self.gating(pooled), dim=-1)
         score = (rewards * gating).sum(-1, keepdim=True)
         return TinyRewardOutput(rewards=rewards, gating_output=gating, score=score)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ def remote_checkpoint(tmp_path_factory, tokenizer) -> Path:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     torch.manual_seed(0)
-    model = module.TinyRewardModel(module.TinyRewardConfig(vocab_size=len(tokenizer), hidden_size=8, num_objectives=3))
+    model = module.TinyRewardModel(
+        module.TinyRewardConfig(vocab_size=len(tokenizer), hidden_size=8, num_objectives=3)
+    )
     with torch.no_grad():
         model.objectives.weight.mul_(50.0)
     model.save_pretrained(folder)
@@ -106,8 +108,14 @@ def remote_checkpoint(tmp_path_factory, tokenizer) -> Path:
 def llama_checkpoint(tmp_path_factory, tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("llama_reward")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=256, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
@@ -136,7 +144,9 @@ def test_remote_code_needs_trust(remote_checkpoint):
 
 
 def test_remote_code_reads_score_and_rewards(remote_checkpoint):
-    judge = RewardModelJudge.from_pretrained(remote_checkpoint, trust_remote_code=True, device="cpu", batch_size=3)
+    judge = RewardModelJudge.from_pretrained(
+        remote_checkpoint, trust_remote_code=True, device="cpu", batch_size=3
+    )
     assert type(judge.model).__name__ == "TinyRewardModel"
     outputs = judge.reward_outputs([INSTRUCTION] * 4, RESPONSES)
     assert outputs.rewards.shape == (4,)
@@ -175,7 +185,8 @@ def test_chat_template_formats_inputs(llama_checkpoint, tokenizer):
     ids = judge.encode(INSTRUCTION, "Paris.")
     expected = tokenizer.apply_chat_template(
         [{"role": "user", "content": INSTRUCTION}, {"role": "assistant", "content": "Paris."}],
-        tokenize=True, return_dict=True,
+        tokenize=True,
+        return_dict=True,
     )["input_ids"]
     assert ids == list(expected)
 
@@ -190,7 +201,9 @@ def test_text_pair_without_chat_template(llama_checkpoint, tmp_path, tokenizer):
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     plain_judge = RewardModelJudge.from_pretrained(folder, device="cpu")
     assert not plain_judge.tokenizer.chat_template
-    assert plain_judge.encode("Question", "Answer") == list(plain_judge.tokenizer("Question", "Answer")["input_ids"])
+    assert plain_judge.encode("Question", "Answer") == list(
+        plain_judge.tokenizer("Question", "Answer")["input_ids"]
+    )
 
 
 def test_batches_without_pad_token_run_unpadded(llama_checkpoint):
@@ -203,7 +216,9 @@ def test_batches_without_pad_token_run_unpadded(llama_checkpoint):
 def test_batch_preferences_match_matrix(llama_checkpoint):
     judge = RewardModelJudge.from_pretrained(llama_checkpoint, device="cpu")
     matrix = judge.preference_matrix(INSTRUCTION, RESPONSES)
-    pairs = judge.batch_preferences([INSTRUCTION] * 2, [RESPONSES[0], RESPONSES[3]], [RESPONSES[2], RESPONSES[1]])
+    pairs = judge.batch_preferences(
+        [INSTRUCTION] * 2, [RESPONSES[0], RESPONSES[3]], [RESPONSES[2], RESPONSES[1]]
+    )
     np.testing.assert_allclose(pairs, [matrix[0, 2], matrix[3, 1]], atol=1e-6)
 
 
@@ -217,6 +232,8 @@ def test_fingerprint_and_description(llama_checkpoint):
     first = RewardModelJudge.from_pretrained(llama_checkpoint, device="cpu")
     second = RewardModelJudge.from_pretrained(llama_checkpoint, device="cpu", max_length=128)
     assert first.fingerprint() != second.fingerprint()
-    assert first.fingerprint() == RewardModelJudge.from_pretrained(llama_checkpoint, device="cpu").fingerprint()
+    assert (
+        first.fingerprint() == RewardModelJudge.from_pretrained(llama_checkpoint, device="cpu").fingerprint()
+    )
     assert "sigmoid(r_i - r_j)" in first.description()
     assert first.name == f"reward_model:{llama_checkpoint}"

@@ -107,7 +107,10 @@ class PairRMModel(DebertaV2PreTrainedModel):
 
     def prefix_ids(self) -> tuple[int, int, int]:
         """Return the token ids of the source, candidate-1 and candidate-2 prefixes from the config."""
-        ids = tuple(getattr(self.config, name, None) for name in ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id"))
+        ids = tuple(
+            getattr(self.config, name, None)
+            for name in ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id")
+        )
         if any(value is None for value in ids):
             raise ValueError(
                 "the PairRM config lacks source_prefix_id, cand1_prefix_id or cand2_prefix_id; "
@@ -126,7 +129,9 @@ class PairRMModel(DebertaV2PreTrainedModel):
         Every row must contain each of the three prefix tokens exactly once.
         """
         source_id, first_id, second_id = self.prefix_ids()
-        hidden = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden = self.pretrained_model(
+            input_ids=input_ids, attention_mask=attention_mask, **kwargs
+        ).last_hidden_state
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         states = []
         for token_id, label in ((source_id, "source"), (first_id, "candidate1"), (second_id, "candidate2")):
@@ -246,7 +251,9 @@ def _set_prefix_ids(config: DebertaV2Config, tokenizer: PreTrainedTokenizerBase)
     }
     for name, token_id in ids.items():
         if token_id is None:
-            raise ValueError(f"the PairRM tokenizer has no token for {name}; its vocabulary lacks the prefix tokens")
+            raise ValueError(
+                f"the PairRM tokenizer has no token for {name}; its vocabulary lacks the prefix tokens"
+            )
         configured = getattr(config, name, None)
         if configured is not None and configured != token_id:
             raise ValueError(
@@ -271,7 +278,9 @@ def _load_state_dict(name_or_path: str, **kwargs: Any) -> dict[str, torch.Tensor
         return load_file(safetensors_file)
     bin_file = _optional_file(name_or_path, "pytorch_model.bin", **kwargs)
     if bin_file is None:
-        raise FileNotFoundError(f"PairRM checkpoint {name_or_path} has neither model.safetensors nor pytorch_model.bin")
+        raise FileNotFoundError(
+            f"PairRM checkpoint {name_or_path} has neither model.safetensors nor pytorch_model.bin"
+        )
     return torch.load(bin_file, map_location="cpu", weights_only=True)
 
 
@@ -281,13 +290,16 @@ def _load_llm_blender_layout(
     """Load a checkpoint whose config.json is llm-blender's ranker config."""
     if ranker_config.get("ranker_type") != "pairranker":
         raise ValueError(
-            f"{name_or_path}: ranker_type is {ranker_config.get('ranker_type')!r}; only 'pairranker' (PairRM) is supported"
+            f"{name_or_path}: ranker_type is {ranker_config.get('ranker_type')!r}; "
+            f"only 'pairranker' (PairRM) is supported"
         )
     backbone = ranker_config.get("model_name") or DEFAULT_BACKBONE
     local_only = {"local_files_only": kwargs.get("local_files_only", False)}
     config = AutoConfig.from_pretrained(backbone, **local_only)
     if config.model_type != "deberta-v2":
-        raise ValueError(f"{name_or_path}: backbone {backbone} is a {config.model_type} model, expected deberta-v2")
+        raise ValueError(
+            f"{name_or_path}: backbone {backbone} is a {config.model_type} model, expected deberta-v2"
+        )
     config.n_tasks = int(ranker_config.get("n_tasks", 1))
     config.drop_out = float(ranker_config.get("drop_out", 0.05))
 
@@ -303,7 +315,9 @@ def _load_llm_blender_layout(
         del state_dict[key]
     embeddings = state_dict.get("pretrained_model.embeddings.word_embeddings.weight")
     if embeddings is None:
-        raise ValueError(f"{name_or_path}: the weights lack pretrained_model.embeddings.word_embeddings.weight")
+        raise ValueError(
+            f"{name_or_path}: the weights lack pretrained_model.embeddings.word_embeddings.weight"
+        )
     config.vocab_size = int(embeddings.shape[0])
     _set_prefix_ids(config, tokenizer)
 
@@ -327,7 +341,9 @@ def _load_transformers_layout(
     """Load a checkpoint whose config.json is a DeBERTa-v2 config with the PairRM fields."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     _ensure_prefix_tokens(tokenizer)
-    model, info = PairRMModel.from_pretrained(name_or_path, output_loading_info=True, dtype=torch.float32, **kwargs)
+    model, info = PairRMModel.from_pretrained(
+        name_or_path, output_loading_info=True, dtype=torch.float32, **kwargs
+    )
     if info["missing_keys"] or info["unexpected_keys"]:
         raise ValueError(
             f"{name_or_path}: the weights do not match PairRM's parameter names; missing "
@@ -403,8 +419,10 @@ class PairRMJudge:
         else:
             model, tokenizer, lengths = _load_transformers_layout(name_or_path, **kwargs)
             layout = "transformers"
-        target = torch.device(device) if device is not None else (
-            torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        target = (
+            torch.device(device)
+            if device is not None
+            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
         )
         if dtype is None:
             dtype = torch.float16 if target.type == "cuda" else torch.float32
@@ -412,11 +430,20 @@ class PairRMJudge:
         num_parameters = sum(parameter.numel() for parameter in model.parameters())
         logger.info(
             "loaded PairRM %s (%s layout): %.3g M parameters, %s on %s",
-            name_or_path, layout, num_parameters / 1e6, str(dtype).removeprefix("torch."), target,
+            name_or_path,
+            layout,
+            num_parameters / 1e6,
+            str(dtype).removeprefix("torch."),
+            target,
         )
         return cls(
-            model, tokenizer, name_or_path=name_or_path, revision=revision, batch_size=batch_size,
-            probability=probability, **lengths,
+            model,
+            tokenizer,
+            name_or_path=name_or_path,
+            revision=revision,
+            batch_size=batch_size,
+            probability=probability,
+            **lengths,
         )
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -477,8 +504,12 @@ class PairRMJudge:
         with torch.inference_mode():
             for start in progress(batch_starts, desc="PairRM", total=len(batch_starts), unit="batch"):
                 indices = order[start : start + self.batch_size]
-                input_ids, attention_mask = _pad_right([encoded[i] for i in indices], self.tokenizer.pad_token_id)
-                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                input_ids, attention_mask = _pad_right(
+                    [encoded[i] for i in indices], self.tokenizer.pad_token_id
+                )
+                logits = self.model(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+                ).logits
                 result[indices] = logits.float().cpu().numpy()
         return result
 
@@ -509,7 +540,9 @@ class PairRMJudge:
                 f"got {len(instructions)} instructions but {len(response_groups)} response groups"
             )
         sources, firsts, seconds, slots = [], [], [], []
-        for group_index, (instruction, responses) in enumerate(zip(instructions, response_groups, strict=True)):
+        for group_index, (instruction, responses) in enumerate(
+            zip(instructions, response_groups, strict=True)
+        ):
             for i, first in enumerate(responses):
                 for j, second in enumerate(responses):
                     if i != j:
@@ -518,7 +551,9 @@ class PairRMJudge:
                         seconds.append(second)
                         slots.append((group_index, i, j))
         logits = self.pair_logits(sources, firsts, seconds)
-        matrices = [np.zeros((len(responses), len(responses)), dtype=np.float64) for responses in response_groups]
+        matrices = [
+            np.zeros((len(responses), len(responses)), dtype=np.float64) for responses in response_groups
+        ]
         for (group_index, i, j), value in zip(slots, logits, strict=True):
             matrices[group_index][i, j] = value
         return matrices
@@ -573,15 +608,19 @@ class PairRMJudge:
     def description(self) -> str:
         """Return one paragraph that states the model and the preference formula, for reports."""
         if self.probability == "pairwise":
-            formula = "P(y_i preferred over y_j | x) = sigmoid((C_ij - C_ji) / 2), averaging both candidate orders."
+            formula = (
+                "P(y_i preferred over y_j | x) = sigmoid((C_ij - C_ji) / 2), averaging both candidate orders."
+            )
         else:
             formula = (
                 "P(y_i preferred over y_j | x) = sigmoid(s_i - s_j), with the rank score "
-                "s_i = mean over all K responses j of (C_ij - C_ji), as in the official SPPO and RSPO pipelines."
+                "s_i = mean over all K responses j of (C_ij - C_ji), "
+                "as in the official SPPO and RSPO pipelines."
             )
         return (
             f"Preferences come from PairRM ({self.name_or_path}"
-            f"{', revision ' + self.revision if self.revision else ''}), a DeBERTa-v3 pairwise ranker that reads "
+            f"{', revision ' + self.revision if self.revision else ''}), "
+            f"a DeBERTa-v3 pairwise ranker that reads "
             f"the instruction and two responses together and returns a logit C_ij for response i over "
             f"response j. {formula} Inputs are truncated to {self.source_max_length} instruction tokens and "
             f"a shared budget of {self.candidate_max_length} or more tokens per response. "
@@ -595,7 +634,7 @@ class PairRMJudge:
 
 
 def train_pairrm_tokenizer(texts: Sequence[str], *, vocab_size: int = 512) -> PreTrainedTokenizerBase:
-    """Train a byte-level BPE tokenizer with DeBERTa's special tokens on ``texts``, without the prefix tokens."""
+    """Train a byte-level BPE tokenizer with DeBERTa's special tokens on ``texts``, without prefix tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

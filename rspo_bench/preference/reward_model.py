@@ -39,7 +39,7 @@ DEFAULT_MAX_LENGTH = 4096
 
 @dataclass(frozen=True)
 class RewardOutputs:
-    """Rewards of N (instruction, response) pairs: the scalar reward [N] and per-objective rewards [N, M] or None."""
+    """Rewards of N (instruction, response) pairs: scalar [N] and per-objective [N, M] or None."""
 
     rewards: np.ndarray
     objective_rewards: np.ndarray | None
@@ -100,7 +100,11 @@ class RewardModelJudge:
         self.max_length = max_length
         self._fingerprint: str | None = None
         config = getattr(model, "config", None)
-        if config is not None and getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        if (
+            config is not None
+            and getattr(config, "pad_token_id", None) is None
+            and tokenizer.pad_token_id is not None
+        ):
             # Models with a decoder backbone find each sequence's last token through config.pad_token_id.
             config.pad_token_id = tokenizer.pad_token_id
 
@@ -124,12 +128,18 @@ class RewardModelJudge:
         bfloat16 on CUDA and float32 elsewhere.
         """
         name_or_path = str(name_or_path)
-        target = torch.device(device) if device is not None else (
-            torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        target = (
+            torch.device(device)
+            if device is not None
+            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
         )
         if dtype is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
+        kwargs = {
+            "revision": revision,
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": local_files_only,
+        }
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype, **kwargs)
         model.to(target)
@@ -142,7 +152,12 @@ class RewardModelJudge:
             "the chat template" if tokenizer.chat_template else "text pairs",
         )
         return cls(
-            model, tokenizer, name_or_path=name_or_path, revision=revision, batch_size=batch_size, max_length=max_length
+            model,
+            tokenizer,
+            name_or_path=name_or_path,
+            revision=revision,
+            batch_size=batch_size,
+            max_length=max_length,
         )
 
     @property
@@ -237,7 +252,9 @@ class RewardModelJudge:
     ) -> list[np.ndarray]:
         """Return, per instruction, P with P[i, j] = σ(r_i − r_j); all responses are scored together."""
         if len(instructions) != len(response_groups):
-            raise ValueError(f"got {len(instructions)} instructions but {len(response_groups)} response groups")
+            raise ValueError(
+                f"got {len(instructions)} instructions but {len(response_groups)} response groups"
+            )
         flat_instructions = [x for x, group in zip(instructions, response_groups, strict=True) for _ in group]
         flat_responses = [y for group in response_groups for y in group]
         rewards = self.reward_outputs(flat_instructions, flat_responses).rewards
@@ -269,7 +286,7 @@ class RewardModelJudge:
     # Identity -----------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """Return a sha256 over the weights (names, dtypes, shapes, bytes), the input format and the length limit."""
+        """Return a sha256 over the weights (names, dtypes, shapes, bytes), input format and length limit."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             state = {
@@ -289,7 +306,9 @@ class RewardModelJudge:
 
     def description(self) -> str:
         """Return one paragraph that states the model and the preference formula, for reports."""
-        formatting = "rendered with its chat template" if self.tokenizer.chat_template else "encoded as a text pair"
+        formatting = (
+            "rendered with its chat template" if self.tokenizer.chat_template else "encoded as a text pair"
+        )
         return (
             f"Preferences come from the reward model {self.name_or_path}"
             f"{', revision ' + self.revision if self.revision else ''}. Each (instruction, response) pair is "

@@ -123,7 +123,9 @@ def load_tokenizer(
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-        logger.info("tokenizer of %s has no padding token; padding with %r", name_or_path, tokenizer.eos_token)
+        logger.info(
+            "tokenizer of %s has no padding token; padding with %r", name_or_path, tokenizer.eos_token
+        )
     tokenizer.padding_side = "left"
     return tokenizer
 
@@ -151,7 +153,10 @@ def load_policy(
     target = resolve_device(device)
     dtype = resolve_dtype(config.dtype, target)
     tokenizer = load_tokenizer(
-        source, revision=revision, trust_remote_code=config.trust_remote_code, local_files_only=local_files_only
+        source,
+        revision=revision,
+        trust_remote_code=config.trust_remote_code,
+        local_files_only=local_files_only,
     )
     place_now = device is not None or not training
     model = AutoModelForCausalLM.from_pretrained(
@@ -285,7 +290,9 @@ def _with_num_samples(sampling: SamplingConfig, num_samples: int | None) -> Samp
     return sampling.model_copy(update={"num_samples": num_samples})
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None) -> list[int]:
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None = None
+) -> list[int]:
     """Return the tokenizer's end-of-sequence id followed by any other ids in the generation config."""
     ids = [tokenizer.eos_token_id]
     configured = getattr(generation_config, "eos_token_id", None)
@@ -312,9 +319,12 @@ def decode_completion(
     return tokenizer.decode(token_ids[:cut], skip_special_tokens=True), True, cut + 1
 
 
-def _log_sampling_done(total: int, seconds: float, num_unfinished: int, max_new_tokens: int, num_tokens: int) -> None:
+def _log_sampling_done(
+    total: int, seconds: float, num_unfinished: int, max_new_tokens: int, num_tokens: int
+) -> None:
     logger.info(
-        "sampled %d responses in %.1f s (%.0f new tokens/s); %d of them reached %d new tokens without a stop token",
+        "sampled %d responses in %.1f s (%.0f new tokens/s); "
+        "%d of them reached %d new tokens without a stop token",
         total,
         seconds,
         num_tokens / seconds if seconds > 0 else float("nan"),
@@ -328,7 +338,9 @@ def _log_sampling_done(total: int, seconds: float, num_unfinished: int, max_new_
 # ---------------------------------------------------------------------------
 
 
-def transformers_generation_config(key: dict[str, Any], stop_ids: Sequence[int], pad_token_id: int) -> GenerationConfig:
+def transformers_generation_config(
+    key: dict[str, Any], stop_ids: Sequence[int], pad_token_id: int
+) -> GenerationConfig:
     """Return the GenerationConfig of a :func:`sampling_key` for ``model.generate``.
 
     Fields left unset here (such as ``no_repeat_ngram_size``) still take the model's
@@ -421,7 +433,9 @@ def generate(
         model.train(was_training)
 
     seconds = time.perf_counter() - start
-    _log_sampling_done(len(prompts) * key["num_samples"], seconds, num_unfinished, key["max_new_tokens"], num_tokens)
+    _log_sampling_done(
+        len(prompts) * key["num_samples"], seconds, num_unfinished, key["max_new_tokens"], num_tokens
+    )
     if stats is not None:
         stats.update(new_tokens=float(num_tokens), unfinished=float(num_unfinished), seconds=seconds)
     return responses
@@ -560,6 +574,10 @@ class VLLMGenerator:
             responses.append(texts)
 
         _log_sampling_done(
-            len(prompts) * key["num_samples"], time.perf_counter() - start, num_unfinished, key["max_new_tokens"], num_tokens
+            len(prompts) * key["num_samples"],
+            time.perf_counter() - start,
+            num_unfinished,
+            key["max_new_tokens"],
+            num_tokens,
         )
         return responses
