@@ -108,14 +108,21 @@ def train_iteration(
     """
     if not records:
         raise ValueError(f"iteration {iteration}: no training pairs")
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    # The scheduler steps once per optimiser step; accelerate's default would step it once per process.
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    world_size = accelerator.num_processes
+    if config.batch_size % world_size:
+        raise ValueError(
+            f"training.batch_size {config.batch_size} is not divisible by the {world_size} processes; "
+            f"use a multiple of {world_size}"
+        )
     optimizer = _build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(records) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(
         optimizer, num_warmup_steps=int(config.lr_warmup_ratio * total_steps), num_training_steps=total_steps
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     generator = torch.Generator().manual_seed(seed)
     sums: dict[str, float] = defaultdict(float)
@@ -128,7 +135,11 @@ def train_iteration(
         for _ in range(config.epochs):
             order = torch.randperm(len(records), generator=generator).tolist()
             for start in range(0, len(order), config.batch_size):
-                batch_records = [records[index] for index in order[start : start + config.batch_size]]
+                global_batch = [records[index] for index in order[start : start + config.batch_size]]
+                # Each process takes every world_size-th row of the global batch; DDP averages the gradients.
+                # NOTE: a last batch shorter than world_size gives the spare processes its first row again,
+                # because every process must run the same number of steps.
+                batch_records = global_batch[accelerator.process_index :: world_size] or global_batch[:1]
                 metrics = _train_step(
                     model, tokenizer, batch_records, loss_fn, config, optimizer, scheduler, accelerator,
                     iteration=iteration, step=step,
@@ -173,8 +184,10 @@ def _train_step(model, tokenizer, records, loss_fn, config, optimizer, scheduler
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(output.loss)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    # DeepSpeed clips inside its engine (gradient_clipping) and may return None here.
     optimizer.step()
     scheduler.step()
     metrics = dict(output.metrics)
-    metrics["grad_norm"] = float(grad_norm)
+    if grad_norm is not None:
+        metrics["grad_norm"] = float(grad_norm)
     return metrics

@@ -5,10 +5,10 @@ two processes through torch.distributed; the script's ``Accelerator(cpu=True)`` 
 makes them CPU processes that communicate over gloo. (``accelerate launch --cpu``
 with several processes needs mpirun in accelerate 1.16 and otherwise starts one.)
 
-``rspo_bench.trainer.train_iteration`` trains on all the records it is given, in
-batches of ``training.batch_size``. The launched script therefore gives each of
-the two ranks half of the records and a batch size of half the global batch. DDP
-averages the two ranks' gradients, and both the SPPO term and the regularizers are
+``rspo_bench.trainer.train_iteration`` cuts each global batch of
+``training.batch_size`` rows into one shard per process (rank r takes every
+second row). The launched script gives both ranks all the records and the
+global batch size. DDP averages the two ranks' gradients, and both the SPPO term and the regularizers are
 means over the batch, so each step's averaged gradient equals the gradient of the
 full global batch in one process. With one batch per rank and epoch, the shuffle
 inside an epoch changes nothing, and several epochs give several comparable steps.
@@ -57,7 +57,7 @@ TEXTS = [
     "List three prime numbers larger than ten: 11, 13 and 17.",
 ] * 8
 
-# Runs under `accelerate launch`: rank r trains on its half of the records with half the global batch.
+# Runs under `accelerate launch`: every rank gets all records; train_iteration shards each global batch.
 SCRIPT = """
 import json
 import sys
@@ -76,8 +76,6 @@ policy, records_path, output_path, epochs, learning_rate = sys.argv[1:6]
 accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)
 rank, world_size = accelerator.process_index, accelerator.num_processes
 records = [PairRecord(**row) for row in json.loads(open(records_path).read())]
-per_rank = len(records) // world_size
-shard = records[rank * per_rank : (rank + 1) * per_rank]
 model, tokenizer = tiny.load_policy(policy)
 loss = RSPOLoss(
     base=SoftSPPOLoss(beta=0.1),
@@ -88,10 +86,10 @@ loss = RSPOLoss(
     coef=0.1,
 )
 config = TrainingConfig(
-    batch_size=per_rank, epochs=int(epochs), learning_rate=float(learning_rate), lr_warmup_ratio=0.0,
+    batch_size=len(records), epochs=int(epochs), learning_rate=float(learning_rate), lr_warmup_ratio=0.0,
     max_prompt_tokens=48, max_response_tokens=24,
 )
-metrics = train_iteration(model, tokenizer, shard, loss, config, seed=0, iteration=1, accelerator=accelerator)
+metrics = train_iteration(model, tokenizer, records, loss, config, seed=0, iteration=1, accelerator=accelerator)
 if accelerator.is_main_process:
     torch.save({name: tensor.detach().clone() for name, tensor in model.state_dict().items()}, output_path)
     print(json.dumps({"world_size": world_size, "metrics": metrics}))
