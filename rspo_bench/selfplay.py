@@ -185,19 +185,36 @@ class TinyWorld:
             judge.save(staging / "judge.json")
         return judge
 
+    # Model backend: the hf world overrides these four -------------------------
+
+    def load_policy(self, policy: PolicyRef, *, training: bool = False):
+        """Return (model, tokenizer) of a policy, in eval mode unless ``training``."""
+        return tiny.load_policy(policy.path)
+
+    def save_policy(self, model, tokenizer, path: Path) -> None:
+        tiny.save_policy(model, tokenizer, path)
+
+    def generate(self, model, tokenizer, prompts: list[str], sampling, *, seed: int, num_samples: int | None = None):
+        """Return ``num_samples`` responses per prompt; prompts are truncated like the training rows."""
+        return tiny.generate(
+            model, tokenizer, prompts, sampling, seed=seed, num_samples=num_samples,
+            max_prompt_tokens=self.config.training.max_prompt_tokens,
+        )
+
+    def sampling_inputs(self, sampling, seed: int) -> dict[str, Any]:
+        """Return what a sampling stage's key depends on besides the policy and prompts."""
+        return {"sampling": sampling.model_dump(), "seed": seed}
+
     # Stages ------------------------------------------------------------------
 
     def samples(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, list[list[str]]]:
         """Return the key and K responses per prompt sampled from ``policy``."""
-        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), "sampling": sampling.model_dump(), "seed": seed}
+        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), **self.sampling_inputs(sampling, seed)}
         key = self.cache.key(stage, inputs)
         if self.cache.lookup(stage, key) is None:
-            model, tokenizer = tiny.load_policy(policy.path)
+            model, tokenizer = self.load_policy(policy)
             logger.info("%s: sampling %d × %d responses", stage, len(prompts), sampling.num_samples)
-            responses = tiny.generate(
-                model, tokenizer, prompts, sampling, seed=seed,
-                max_prompt_tokens=self.config.training.max_prompt_tokens,
-            )
+            responses = self.generate(model, tokenizer, prompts, sampling, seed=seed)
             with self.cache.write(stage, key, inputs) as staging:
                 (staging / "output.json").write_text(json.dumps({"prompts": prompts, "responses": responses}), encoding="utf-8")
             return key, responses
@@ -238,7 +255,7 @@ class TinyWorld:
             if name == "base" and ref.key == policy.key:
                 values["base"] = values["policy"]
                 continue
-            model, tokenizer = tiny.load_policy(ref.path)
+            model, tokenizer = self.load_policy(ref)
             values[name] = tiny.batched_sequence_logps(model, tokenizer, flat_prompts, flat_responses, **lengths).tolist()
             del model
         width = len(responses[0])
@@ -307,13 +324,13 @@ def run_selfplay(
         key = world.cache.key("policy", inputs)
         if world.cache.lookup("policy", key) is None:
             records = _pair_records(prompts, responses, prefs, logps, ref_responses)
-            model, tokenizer = tiny.load_policy(policy.path)
+            model, tokenizer = world.load_policy(policy, training=True)
             torch.manual_seed(seed)
             train_metrics = train_iteration(
                 model, tokenizer, records, loss_fn, config.training, seed=seed, iteration=iteration
             )
             with world.cache.write("policy", key, inputs) as staging:
-                tiny.save_policy(model, tokenizer, staging)
+                world.save_policy(model, tokenizer, staging)
                 (staging / "train_metrics.json").write_text(json.dumps(train_metrics), encoding="utf-8")
             del model
         train_metrics = world.cache.load_json("policy", key, "train_metrics.json")

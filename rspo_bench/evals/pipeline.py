@@ -12,7 +12,6 @@ import pandas as pd
 from ..cache import stable_hash
 from ..logs import get_logger
 from ..selfplay import PolicyRef, TinyWorld
-from ..worlds import tiny
 from . import alpaca_eval2
 
 logger = get_logger(__name__)
@@ -49,16 +48,13 @@ def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str
     seed = world.config.seed * 1000 + 999
     inputs = {
         "policy": policy.key, "instructions": stable_hash(instructions),
-        "sampling": settings.sampling.model_dump(), "seed": seed,
+        **world.sampling_inputs(settings.sampling, seed),
     }
     key = world.cache.key("eval_generations", inputs)
     if world.cache.lookup("eval_generations", key) is None:
-        model, tokenizer = tiny.load_policy(policy.path)
+        model, tokenizer = world.load_policy(policy)
         logger.info("AlpacaEval-2: generating for %d instructions", len(instructions))
-        responses = tiny.generate(
-            model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1,
-            max_prompt_tokens=world.config.training.max_prompt_tokens,
-        )
+        responses = world.generate(model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1)
         outputs = [group[0] for group in responses]
         with world.cache.write("eval_generations", key, inputs) as staging:
             (staging / "output.json").write_text(json.dumps(outputs), encoding="utf-8")
