@@ -5,7 +5,10 @@ is the SHA-256 of a canonical JSON of everything the output depends on (the
 fingerprints of the input policies and data, the parameters and the seed).
 Outputs are written into a temporary folder beside the final one and renamed
 into place, so a killed process leaves no half-written entry: an entry either
-exists completely or not at all.
+exists completely or not at all. Temporary folders start with a dot and name
+their writer (``.<key[:12]>-<pid>@<host>-<random>``), so ``prune`` can tell a
+killed writer's leftovers from a live writer's folder. An entry's marker file
+is touched on every cache hit, so its modification time is the entry's last use.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +32,46 @@ from .logs import get_logger
 logger = get_logger(__name__)
 
 COMPLETE_MARKER = "_complete.json"
+# Per sweep, the entries each trial used: <root>/.sweeps/<sweep>/<trial key>.json.
+USAGE_FOLDER = ".sweeps"
+# The random suffix that tempfile.mkdtemp appends contains no dash, so the last dash ends the host name.
+TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}-(?P<pid>\d+)@(?P<host>[A-Za-z0-9.\-]+)-[^-]*$")
+DEFAULT_TEMP_MAX_AGE_HOURS = 6.0
 
 
 def stable_hash(value: Any) -> str:
     """Return the SHA-256 hex digest of a JSON-serialisable value with sorted keys."""
     payload = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _host_name() -> str:
+    return re.sub(r"[^A-Za-z0-9.\-]", "-", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(item.stat().st_size for item in folder.rglob("*") if item.is_file())
+
+
+@dataclass
+class PruneReport:
+    """What :meth:`StageCache.prune` removed (or would remove, in a dry run)."""
+
+    entries: dict[str, int] = field(default_factory=dict)
+    temp_folders: int = 0
+    bytes_freed: int = 0
+    kept_for_sweeps: int = 0
+    skipped_live_temp: int = 0
 
 
 class StageCache:
@@ -42,6 +82,8 @@ class StageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        # (stage, key) of every entry read or written since the last take_usage().
+        self._used: set[tuple[str, str]] = set()
 
     def key(self, stage: str, inputs: dict[str, Any]) -> str:
         """Return the key of a stage output from everything it depends on."""
@@ -57,6 +99,11 @@ class StageCache:
         """Return the output folder when the stage is complete, counting the hit or miss."""
         if self.exists(stage, key):
             self.hits += 1
+            self._used.add((stage, key))
+            try:
+                os.utime(self.path(stage, key) / COMPLETE_MARKER)
+            except OSError:  # a read-only cache still serves hits
+                pass
             logger.info("cache hit: %s %s", stage, key[:12])
             return self.path(stage, key)
         self.misses += 1
@@ -67,33 +114,148 @@ class StageCache:
         """Yield a temporary folder to fill; it becomes the entry only if the block succeeds."""
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-{os.getpid()}@{_host_name()}-", dir=final.parent))
         try:
             yield staging
             marker = {"stage": stage, "key": key, "inputs": inputs or {}, "created": time.time()}
             (staging / COMPLETE_MARKER).write_text(json.dumps(marker, default=str, indent=1), encoding="utf-8")
-            if final.exists():
-                # Another worker finished the same stage first; its output is equivalent.
-                shutil.rmtree(staging)
-            else:
-                os.replace(staging, final)
+            self._publish(staging, final)
+            self._used.add((stage, key))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    @staticmethod
+    def _publish(staging: Path, final: Path) -> None:
+        """Rename the filled folder into place; when another worker was first, keep its equivalent entry."""
+        if final.exists():
+            shutil.rmtree(staging)
+            return
+        try:
+            os.replace(staging, final)
+        except OSError:
+            # Between the check and the rename another process published the same key:
+            # renaming onto a non-empty folder fails, and its output is equivalent.
+            if not (final / COMPLETE_MARKER).is_file():
+                raise
+            shutil.rmtree(staging)
+
     def load_json(self, stage: str, key: str, name: str = "output.json") -> Any:
         return json.loads((self.path(stage, key) / name).read_text(encoding="utf-8"))
+
+    # Usage records ------------------------------------------------------------
+
+    def take_usage(self) -> set[tuple[str, str]]:
+        """Return the entries read or written since the last call, and start a new record."""
+        used, self._used = self._used, set()
+        return used
+
+    def record_usage(self, sweep: str, trial: str, entries: Iterable[tuple[str, str]]) -> None:
+        """Add entries to the list of those a sweep's trial used (read by ``prune --keep-sweep``)."""
+        path = self.root / USAGE_FOLDER / sweep / f"{trial}.json"
+        known: set[tuple[str, str]] = set()
+        if path.is_file():
+            known = {tuple(item) for item in json.loads(path.read_text(encoding="utf-8"))}
+        merged = known | set(entries)
+        if merged != known:
+            write_json(path, sorted(merged))
+
+    def sweep_entries(self, sweep: str) -> set[tuple[str, str]]:
+        """Return the (stage, key) pairs recorded for a sweep; empty when it never ran with this cache."""
+        folder = self.root / USAGE_FOLDER / sweep
+        entries: set[tuple[str, str]] = set()
+        for path in sorted(folder.glob("*.json")):
+            entries |= {tuple(item) for item in json.loads(path.read_text(encoding="utf-8"))}
+        return entries
+
+    # Inspection and clean-up -----------------------------------------------------
+
+    def _stage_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+    def _entries(self, stage_dir: Path) -> list[Path]:
+        # The glob skips temporary folders: their names start with a dot, and only a
+        # folder named exactly like its key is an entry.
+        return [
+            marker.parent for marker in stage_dir.glob(f"*/*/{COMPLETE_MARKER}")
+            if not marker.parent.name.startswith(".")
+        ]
+
+    def temp_folders(self) -> list[Path]:
+        """Return the temporary folders of writers that are running or were killed."""
+        return [
+            path for stage_dir in self._stage_dirs() for path in stage_dir.glob("*/.*") if path.is_dir()
+        ]
 
     def size_report(self) -> dict[str, dict[str, int]]:
         """Return, per stage, the number of complete entries and their size in bytes."""
         report: dict[str, dict[str, int]] = {}
-        if not self.root.is_dir():
-            return report
-        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            entries = [m.parent for m in stage_dir.glob(f"*/*/{COMPLETE_MARKER}")]
-            size = sum(f.stat().st_size for entry in entries for f in entry.rglob("*") if f.is_file())
-            report[stage_dir.name] = {"entries": len(entries), "bytes": size}
+        for stage_dir in self._stage_dirs():
+            entries = self._entries(stage_dir)
+            report[stage_dir.name] = {"entries": len(entries), "bytes": sum(_folder_bytes(e) for e in entries)}
         return report
+
+    def _is_orphan(self, folder: Path, now: float, temp_max_age: float) -> bool:
+        match = TEMP_NAME.match(folder.name)
+        if match and match["host"] == _host_name():
+            return not _process_alive(int(match["pid"]))
+        # Another host's writer, or a folder without a writer in its name: judge by age.
+        return now - folder.stat().st_mtime > temp_max_age
+
+    def prune(
+        self,
+        *,
+        older_than_days: float | None = None,
+        stage: str | None = None,
+        keep_sweeps: Iterable[str] = (),
+        temp_max_age_hours: float = DEFAULT_TEMP_MAX_AGE_HOURS,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Remove killed writers' temporary folders and, with ``older_than_days``, entries unused that long.
+
+        An entry is removed by renaming it to a temporary name first, so a reader
+        never sees a half-deleted entry. Entries recorded for ``keep_sweeps`` stay.
+        """
+        report = PruneReport()
+        now = time.time()
+        keep = set().union(*(self.sweep_entries(name) for name in keep_sweeps))
+        stage_dirs = [d for d in self._stage_dirs() if stage is None or d.name == stage]
+        for stage_dir in stage_dirs:
+            for folder in (p for p in stage_dir.glob("*/.*") if p.is_dir()):
+                if not self._is_orphan(folder, now, temp_max_age_hours * 3600):
+                    report.skipped_live_temp += 1
+                    continue
+                report.temp_folders += 1
+                report.bytes_freed += _folder_bytes(folder)
+                if not dry_run:
+                    shutil.rmtree(folder, ignore_errors=True)
+            if older_than_days is None:
+                continue
+            for entry in self._entries(stage_dir):
+                last_use = (entry / COMPLETE_MARKER).stat().st_mtime
+                if now - last_use <= older_than_days * 86400:
+                    continue
+                if (stage_dir.name, entry.name) in keep:
+                    report.kept_for_sweeps += 1
+                    continue
+                report.entries[stage_dir.name] = report.entries.get(stage_dir.name, 0) + 1
+                report.bytes_freed += _folder_bytes(entry)
+                if not dry_run:
+                    self._remove_entry(entry)
+        logger.info(
+            "cache prune%s: %d entries and %d temporary folders, %.1f MiB",
+            " (dry run)" if dry_run else "", sum(report.entries.values()), report.temp_folders,
+            report.bytes_freed / 2**20,
+        )
+        return report
+
+    @staticmethod
+    def _remove_entry(entry: Path) -> None:
+        doomed = entry.parent / f".{entry.name[:12]}-{os.getpid()}@{_host_name()}-deleting{time.time_ns()}"
+        os.replace(entry, doomed)
+        shutil.rmtree(doomed)
 
 
 def write_json(path: Path, value: Any) -> None:

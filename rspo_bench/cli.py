@@ -19,7 +19,7 @@ from .evals.score_cli import score_app
 from .logs import get_logger, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sweeps, evaluation and reports for RSPO/SPPO.")
-cache_app = typer.Typer(no_args_is_help=True, help="Inspect the stage cache.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and clean the stage cache.")
 app.add_typer(cache_app, name="cache")
 app.add_typer(score_app, name="score")
 console = Console(stderr=True)
@@ -36,6 +36,11 @@ DataDirOption = Annotated[
 ]
 TrackingOption = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow tracking URI; default: sqlite:///WORKDIR/mlruns.db.")
+]
+CacheDirOption = Annotated[Path | None, typer.Option("--cache-dir", help="Stage cache folder; default: WORKDIR/cache.")]
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db; default: SQLite in WORKDIR."),
 ]
 
 
@@ -60,11 +65,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log deb
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML file.")]) -> None:
     """Check an experiment file and list every invalid field at once (exit code 2 when invalid)."""
-    from .sweeps.grid import expand_grid
+    from .sweeps.grid import describe_trials
 
     experiment = _load_or_exit(config)
-    trials = expand_grid(experiment.sweep)
-    console.print(f"[green]valid[/green]: {config} ({len(trials)} trials: {', '.join(t.key for t in trials)})")
+    console.print(f"[green]valid[/green]: {config} ({describe_trials(experiment.sweep)})")
+
+
+def _parse_devices(devices: str | None) -> tuple[str, ...]:
+    if devices is None:
+        return ()
+    items = tuple(item.strip() for item in devices.split(",") if item.strip())
+    if not items:
+        console.print(f"[red]invalid --devices[/red] {devices!r}: expected device ids such as 0,1", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    return items
 
 
 @app.command()
@@ -73,38 +87,117 @@ def sweep(
     workdir: WorkdirOption = Path("runs"),
     data_dir: DataDirOption = None,
     tracking_uri: TrackingOption = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL; default: SQLite in WORKDIR.")] = None,
+    storage: StorageOption = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Stage cache folder; default: WORKDIR/cache.")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Report folder; default: reports/<sweep name>.")] = None,
     report_format: Annotated[str, typer.Option("--format", help="Report formats, comma-separated: html, pdf; '' for none.")] = "html",
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0,
+        help="Trials this process runs at a time, each in its own subprocess; 0 (default) runs them "
+             "one after another in this process.",
+    )] = 0,
+    devices: Annotated[str | None, typer.Option(
+        "--devices", help="Comma-separated device ids; worker i gets CUDA_VISIBLE_DEVICES=devices[i mod count].",
+    )] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an existing study and fail when there is none. Without it an existing study "
+                         "of the same name is continued too; completed trials never run again.",
+    )] = False,
 ) -> None:
-    """Run a grid sweep: self-play training and AlpacaEval-2 evaluation of every trial, then the report."""
-    from .sweeps.runner import SweepPaths, run_sweep
+    """Run a sweep (grid or Optuna search): self-play training and AlpacaEval-2 evaluation of each trial.
+
+    Several `rspo-bench sweep` processes with the same --storage (PostgreSQL
+    for several machines) work on one study and never run a trial twice. The
+    report is written by the process that sees the last trial finish.
+    """
+    from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
 
     experiment = _load_or_exit(config)
+    if devices is not None and workers == 0:
+        console.print("[red]--devices needs --workers N[/red]: trials run in this process otherwise", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    options = SweepOptions(workers=workers, devices=_parse_devices(devices), resume=resume)
     paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, storage=storage, cache_dir=cache_dir)
     formats = tuple(item.strip() for item in report_format.split(",") if item.strip())
     try:
-        result = run_sweep(experiment, paths, data_dir=data_dir, report_formats=formats, report_dir=report_dir)
+        result = run_sweep(experiment, paths, data_dir=data_dir, report_formats=formats, report_dir=report_dir,
+                           options=options)
     except DataFileNotFoundError as error:
         console.print(f"[red]missing data[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except SweepSetupError as error:
+        console.print(f"[red]cannot start the sweep[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    _print_sweep_result(result, workdir)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _print_sweep_result(result, workdir: Path) -> None:
+    label = "LC win rate (proxy judge)"
     table = Table(title=f"sweep {result.name}: {result.seconds:.0f} s")
     table.add_column("trial")
     table.add_column("state")
-    table.add_column("LC win rate (proxy judge)", justify="right")
+    table.add_column(label, justify="right")
     for key, value in result.completed.items():
         table.add_row(key, "completed", f"{value:.2f}")
     for key, value in result.skipped.items():
         table.add_row(key, "already complete", f"{value:.2f}")
+    for key, value in result.pruned.items():
+        table.add_row(key, "[yellow]pruned[/yellow]", "" if value is None else f"{value:.2f} (last iteration)")
     for key, message in result.failed.items():
         table.add_row(key, "[red]failed[/red]", message[:80])
     Console().print(table)
+    if len(result.pareto_front) > 1 or (result.pareto_front and len(result.pareto_front[0]["values"]) > 1):
+        front = ", ".join(
+            f"{item['key']} ({', '.join(f'{name} {value:.2f}' for name, value in item['values'].items())})"
+            for item in result.pareto_front
+        )
+        Console().print(f"Pareto front: {front}")
     for kind, path in result.report.items():
         Console().print(f"report ({kind}): {path}")
     Console().print(f"MLflow: {result.tracking_uri}  (rspo-bench ui --workdir {workdir})")
-    if result.failed:
-        raise typer.Exit(1)
+
+
+@app.command("sweep-status")
+def sweep_status(
+    target: Annotated[str, typer.Argument(help="Experiment YAML file, or the sweep (study) name.")],
+    workdir: WorkdirOption = Path("runs"),
+    storage: StorageOption = None,
+) -> None:
+    """Print a sweep's trials by state, the best trial so far and the Pareto front, from its Optuna storage."""
+    from .sweeps.runner import SweepPaths
+    from .sweeps.status import StudyNotFoundError, collect_status, format_values
+
+    name = _load_or_exit(Path(target)).name if target.endswith((".yaml", ".yml")) else target
+    url = storage or f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
+    if storage is None and not (Path(workdir) / "optuna.db").is_file():
+        console.print(f"[red]no Optuna storage[/red] at {url}; pass --storage or --workdir", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    try:
+        status = collect_status(url, name)
+    except StudyNotFoundError as error:
+        console.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    out = Console()
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in status.states.items()) or "no trials"
+    out.print(f"study {status.study_name} in {status.storage}: {counts}")
+    if status.closed:
+        out.print(f"({status.closed} trials closed without running are not counted)")
+    objectives = " / ".join(f"{name} ({direction})" for name, direction in zip(status.objectives, status.directions))
+    table = Table(title=f"trials; objectives: {objectives}")
+    for column in ("#", "trial", "state", "values", "last reported", "seconds", "retry of"):
+        table.add_column(column)
+    for row in status.trials:
+        last = "" if row.last_intermediate is None else f"{row.last_intermediate[1]:.2f} @ iter {row.last_intermediate[0]}"
+        table.add_row(str(row.number), row.key, row.state.lower(), format_values(row.values), last,
+                      "" if row.seconds is None else f"{row.seconds:.0f}",
+                      "" if row.retry_of is None else f"#{row.retry_of}")
+    out.print(table)
+    title = "best trial" if len(status.directions) == 1 else "Pareto front"
+    front = "; ".join(f"{row.key} (#{row.number}: {format_values(row.values)})" for row in status.pareto_front)
+    out.print(f"{title}: {front or 'no complete trial yet'}")
+    out.print(f"optuna-dashboard reads the same storage: optuna-dashboard {status.storage}")
 
 
 @app.command()
@@ -186,7 +279,7 @@ def doctor(
 @cache_app.command("info")
 def cache_info(
     workdir: WorkdirOption = Path("runs"),
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Stage cache folder.")] = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Print the number of entries and the size of each cached stage."""
     from .cache import StageCache
@@ -198,7 +291,45 @@ def cache_info(
     table.add_column("MiB", justify="right")
     for stage, info in cache.size_report().items():
         table.add_row(stage, str(info["entries"]), f"{info['bytes'] / 2**20:.1f}")
+    temp = cache.temp_folders()
+    if temp:
+        table.add_row("(temporary folders)", str(len(temp)), "")
     Console().print(table)
+
+
+@cache_app.command("prune")
+def cache_prune(
+    workdir: WorkdirOption = Path("runs"),
+    cache_dir: CacheDirOption = None,
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", min=0, help="Also remove entries not used for this many days.")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage (e.g. policy, samples).")] = None,
+    keep_sweep: Annotated[list[str] | None, typer.Option(
+        "--keep-sweep", help="Keep every entry a trial of this sweep used; repeat for several sweeps.")] = None,
+    temp_older_than: Annotated[float, typer.Option(
+        "--temp-older-than", min=0,
+        help="Hours after which another host's temporary folder counts as abandoned; on this host a "
+             "folder is abandoned as soon as its writer process is gone.")] = 6.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+) -> None:
+    """Remove temporary folders of killed writers and, with --older-than, entries unused for that long."""
+    from .cache import StageCache
+
+    cache = StageCache(cache_dir or workdir / "cache")
+    known = set(cache.size_report())
+    if stage is not None and stage not in known:
+        console.print(f"[red]unknown stage[/red] {stage!r}; stages in {cache.root}: {sorted(known)}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    report = cache.prune(older_than_days=older_than, stage=stage, keep_sweeps=keep_sweep or (),
+                         temp_max_age_hours=temp_older_than, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    entries = ", ".join(f"{count} {name}" for name, count in sorted(report.entries.items())) or "no entries"
+    Console().print(f"{verb} {entries} and {report.temp_folders} temporary folders "
+                    f"({report.bytes_freed / 2**20:.1f} MiB)")
+    if report.kept_for_sweeps:
+        Console().print(f"kept {report.kept_for_sweeps} old entries used by {', '.join(keep_sweep or [])}")
+    if report.skipped_live_temp:
+        Console().print(f"left {report.skipped_live_temp} temporary folders of running writers")
 
 
 def main() -> None:

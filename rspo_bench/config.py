@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .methods.base_losses import base_loss_class
 from .methods.regularizers import regularizer_class
@@ -189,13 +189,171 @@ class VariantConfig(StrictModel):
         return name
 
 
-class SweepConfig(StrictModel):
-    """A grid: every variant × each of its coefficients is one trial."""
+# Directions are fixed per metric: a search never maximizes length.
+OBJECTIVE_DIRECTIONS: dict[str, str] = {"lc_win_rate": "maximize", "win_rate": "maximize", "avg_length": "minimize"}
+ObjectiveName = Literal["lc_win_rate", "win_rate", "avg_length"]
 
-    kind: Literal["grid"] = "grid"
+
+class TPESamplerConfig(StrictModel):
+    """Optuna's TPESampler. Every argument is passed explicitly because Optuna 5.0 changed its defaults."""
+
+    kind: Literal["tpe"] = "tpe"
+    seed: int | None = Field(None, description="None uses the experiment seed.")
+    n_startup_trials: int = Field(10, ge=0, description="Trials sampled at random before TPE takes over.")
+    n_ei_candidates: int = Field(24, ge=1, description="Candidates scored by expected improvement per suggestion.")
+    multivariate: bool = Field(True, description="Model the parameters jointly instead of one by one.")
+    group: bool = Field(
+        True, description="Split the conditional search space into groups of parameters sampled together."
+    )
+    constant_liar: bool = Field(
+        True, description="Treat running trials as bad, so parallel workers do not sample the same region."
+    )
+
+    @model_validator(mode="after")
+    def _group_needs_multivariate(self) -> TPESamplerConfig:
+        if self.group and not self.multivariate:
+            raise ValueError("group: true needs multivariate: true (Optuna's TPESampler rejects it otherwise)")
+        return self
+
+
+class RandomSamplerConfig(StrictModel):
+    """Optuna's RandomSampler."""
+
+    kind: Literal["random"] = "random"
+    seed: int | None = Field(None, description="None uses the experiment seed.")
+
+
+class NSGA2SamplerConfig(StrictModel):
+    """Optuna's NSGAIISampler, a genetic algorithm for multi-objective searches."""
+
+    kind: Literal["nsga2"] = "nsga2"
+    seed: int | None = Field(None, description="None uses the experiment seed.")
+    population_size: int = Field(8, ge=2, description="Trials per generation.")
+    mutation_prob: float | None = Field(None, ge=0, le=1, description="None uses 1 / number of parameters.")
+    crossover_prob: float = Field(0.9, ge=0, le=1)
+    swapping_prob: float = Field(0.5, ge=0, le=1)
+
+
+SamplerConfig = Annotated[
+    TPESamplerConfig | RandomSamplerConfig | NSGA2SamplerConfig, Field(discriminator="kind")
+]
+
+
+class MedianPrunerConfig(StrictModel):
+    """Optuna's MedianPruner: stop a trial whose value at an iteration is below the median of finished trials."""
+
+    kind: Literal["median"] = "median"
+    n_startup_trials: int = Field(5, ge=0, description="Finished trials needed before any trial is pruned.")
+    n_warmup_steps: int = Field(0, ge=0, description="Iterations below this number are never pruned.")
+    interval_steps: int = Field(1, ge=1, description="Check every this many iterations.")
+    n_min_trials: int = Field(1, ge=1, description="Finished trials with a value at the iteration needed to compare.")
+
+
+class SuccessiveHalvingPrunerConfig(StrictModel):
+    """Optuna's SuccessiveHalvingPruner (asynchronous successive halving); a rung is a self-play iteration."""
+
+    kind: Literal["successive_halving"] = "successive_halving"
+    min_resource: int = Field(1, ge=1, description="Iterations every trial runs before its first rung.")
+    reduction_factor: int = Field(2, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
+    min_early_stopping_rate: int = Field(0, ge=0)
+    bootstrap_count: int = Field(0, ge=0, description="Trials that must reach a rung before it prunes.")
+
+
+PrunerConfig = Annotated[MedianPrunerConfig | SuccessiveHalvingPrunerConfig, Field(discriminator="kind")]
+
+
+class CoefRange(StrictModel):
+    """Range of a variant's regularizer coefficient λ, sampled log-uniformly."""
+
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CoefRange:
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, got low={self.low:g} and high={self.high:g}")
+        return self
+
+
+class ParamRange(StrictModel):
+    """A conditional parameter: sampled only in the trials that choose its variant."""
+
+    regularizer: str | None = Field(
+        None, description="Name or label of one of the variant's regularizers; None tunes the variant's beta."
+    )
+    name: str = Field(description="'weight' or a key of the regularizer's params (e.g. clip); 'beta' without one.")
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample log-uniformly (needs low > 0).")
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> ParamRange:
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, got low={self.low:g} and high={self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low={self.low:g}")
+        if self.regularizer is None and self.name != "beta":
+            raise ValueError(f"without a regularizer only 'beta' can be tuned, got name {self.name!r}")
+        return self
+
+
+class VariantSearchConfig(StrictModel):
+    """What an ``optuna`` sweep samples once it has chosen this variant."""
+
+    coef: CoefRange | None = Field(None, description="λ range; None chooses among the variant's coefs.")
+    params: list[ParamRange] = Field(default_factory=list)
+
+
+class RetryConfig(StrictModel):
+    """Detection of trials whose worker died, and their retries."""
+
+    max_retry: int = Field(
+        2, ge=0,
+        description="Times a trial whose worker died is run again; a trial that raised an error runs again "
+        "only when the sweep is started again.",
+    )
+    heartbeat_interval: int = Field(20, ge=1, description="Seconds between heartbeats of a running trial.")
+    grace_period: int = Field(
+        120, ge=2, description="Seconds without a heartbeat after which any worker fails the trial and retries it."
+    )
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> RetryConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period} s) must exceed heartbeat_interval ({self.heartbeat_interval} s)"
+            )
+        return self
+
+
+class SweepConfig(StrictModel):
+    """The trials of an experiment: a grid, or an Optuna search over the variants.
+
+    ``grid`` runs every variant at each of its coefficients. ``optuna`` samples
+    ``n_trials`` trials: the variant (categorical), its coefficient (log-uniform
+    in ``search.<variant>.coef``, otherwise one of its ``coefs``) and the
+    variant's conditional parameters in ``search.<variant>.params``.
+    """
+
+    kind: Literal["grid", "optuna"] = "grid"
     beta: float = Field(0.1, gt=0, description="Default loss beta of the variants.")
     include_base: bool = Field(True, description="Also evaluate the base policy as trial 'base'.")
     variants: list[VariantConfig] = Field(min_length=1)
+    objectives: list[ObjectiveName] = Field(
+        default_factory=lambda: ["lc_win_rate"],
+        min_length=1,
+        description="AlpacaEval 2 metrics to optimize: lc_win_rate and win_rate up, avg_length down.",
+    )
+    n_trials: int | None = Field(
+        None, ge=1, validate_default=True,
+        description="optuna: sampled trials (the base trial and retries of dead workers are extra).",
+    )
+    sampler: SamplerConfig | None = Field(None, description="optuna: default tpe with the fields' defaults.")
+    pruner: PrunerConfig | None = Field(
+        None, description="Stop weak trials between self-play iterations (single objective only)."
+    )
+    search: dict[str, VariantSearchConfig] = Field(default_factory=dict, description="optuna: per-variant ranges.")
+    retry: RetryConfig = RetryConfig()
 
     @model_validator(mode="after")
     def _unique_variant_names(self) -> SweepConfig:
@@ -207,6 +365,59 @@ class SweepConfig(StrictModel):
             raise ValueError("variant name 'base' is reserved for the base policy")
         return self
 
+    @field_validator("objectives")
+    @classmethod
+    def _unique_objectives(cls, objectives: list[str]) -> list[str]:
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"objectives must not repeat a metric, got {objectives}")
+        return objectives
+
+    @field_validator("n_trials", "sampler")
+    @classmethod
+    def _optuna_only(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if kind == "grid" and value is not None:
+            raise ValueError(f"{info.field_name} applies only to sweep.kind 'optuna'; this sweep is a grid")
+        if kind == "optuna" and value is None and info.field_name == "n_trials":
+            raise ValueError("sweep.kind 'optuna' needs n_trials, the number of trials to sample")
+        return value
+
+    @field_validator("pruner")
+    @classmethod
+    def _single_objective_pruner(cls, pruner: Any, info: ValidationInfo) -> Any:
+        objectives = info.data.get("objectives") or []
+        if pruner is not None and len(objectives) > 1:
+            raise ValueError(
+                f"Optuna prunes single-objective studies only, but sweep.objectives lists {len(objectives)} "
+                f"metrics {objectives}; remove sweep.pruner or keep one objective"
+            )
+        return pruner
+
+    @field_validator("search")
+    @classmethod
+    def _search_matches_variants(cls, search: dict[str, VariantSearchConfig], info: ValidationInfo) -> dict:
+        if search and info.data.get("kind") == "grid":
+            raise ValueError("search applies only to sweep.kind 'optuna'; a grid runs each variant's coefs")
+        variants = {variant.name: variant for variant in info.data.get("variants") or []}
+        if not variants:
+            return search
+        for name, entry in search.items():
+            if name not in variants:
+                raise ValueError(f"search names variant {name!r}, which is not in sweep.variants {sorted(variants)}")
+            terms = variants[name].regularizers
+            for param in entry.params:
+                if param.regularizer is None:
+                    continue
+                labels = [term.label or term.name for term in terms]
+                if param.regularizer not in labels and param.regularizer not in [t.name for t in terms]:
+                    raise ValueError(
+                        f"search.{name}.params names regularizer {param.regularizer!r}, but variant {name!r} "
+                        f"has {labels or 'no regularizers'}"
+                    )
+            if entry.coef is not None and not terms:
+                raise ValueError(f"search.{name}.coef is set, but variant {name!r} has no regularizer to weight")
+        return search
+
 
 class AlpacaEvalConfig(StrictModel):
     """AlpacaEval-2 evaluation against the gpt4_1106_preview baseline outputs."""
@@ -214,6 +425,11 @@ class AlpacaEvalConfig(StrictModel):
     enabled: bool = True
     max_instructions: int | None = Field(None, ge=1, le=805, description="None evaluates all 805 instructions.")
     sampling: SamplingConfig = SamplingConfig(num_samples=1, max_new_tokens=64)
+    every_iteration: bool = Field(
+        False,
+        description="Also evaluate after each self-play iteration (metrics eval_iter/alpaca_eval2/*); "
+        "a sweep with a pruner does this whatever the setting.",
+    )
 
 
 class EvaluationConfig(StrictModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..cache import StageCache
 from ..config import ExperimentConfig
@@ -14,14 +14,44 @@ from .grid import TrialSpec
 logger = get_logger(__name__)
 
 
+class TrialReporter(Protocol):
+    """Receives a trial's intermediate metrics; the sweep engine uses them to prune weak trials."""
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        """Record the metrics after self-play iteration ``step``; raise ``optuna.TrialPruned`` to stop the trial."""
+
+
 class TrialExecutor(Protocol):
     """Runs the trials of one world and logs their metrics and artifacts to MLflow."""
 
     def tags(self, spec: TrialSpec) -> dict[str, str]:
         """Return the MLflow tags that describe how this trial is judged and on which data."""
 
-    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str) -> float:
-        """Run the trial, log into ``run_id`` and return the sweep objective."""
+    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None) -> float:
+        """Run the trial, log into ``run_id`` and return the sweep objective (LC win rate).
+
+        Executors that evaluate between iterations pass the metrics of each to
+        ``reporter``. The engine passes a reporter only when the config asks for
+        per-iteration evaluation or pruning, so executors without that feature
+        may keep the three-argument signature.
+        """
+
+
+EVAL_METRICS = ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "avg_length")
+
+
+class _IterationLimitedWorld:
+    """A view of a TinyWorld whose config stops self-play after ``iterations`` iterations."""
+
+    def __init__(self, world: Any, iterations: int) -> None:
+        self._world = world
+        config = world.config
+        self.config = config.model_copy(
+            update={"selfplay": config.selfplay.model_copy(update={"iterations": iterations})}
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._world, name)
 
 
 class TinyExecutor:
@@ -44,26 +74,26 @@ class TinyExecutor:
                          f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
         }
 
-    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str) -> float:
+    @property
+    def evaluates_every_iteration(self) -> bool:
+        config = self.world.config
+        return config.evaluation.alpaca_eval2.every_iteration or config.sweep.pruner is not None
+
+    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None) -> float:
         from ..evals.pipeline import evaluate_alpaca_eval2
-        from ..selfplay import run_selfplay
 
         world = self.world
         if spec.variant is None:
             policy = world.base_policy
+        elif self.evaluates_every_iteration:
+            policy = self._selfplay_with_evaluations(spec, tracker, run_id, reporter)
         else:
-            def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
-                tracker.log_metrics(run_id, metrics, step=iteration)
-
-            policy = run_selfplay(world, spec.variant, spec.coef, on_iteration=log_iteration)
+            policy = self._selfplay(world, spec, tracker, run_id)
         result = evaluate_alpaca_eval2(world, policy, generator=f"{world.config.name}/{spec.key}")
         metrics = result.metrics
+        final = {f"alpaca_eval2/{name}": metrics[name] for name in EVAL_METRICS}
         tracker.log_metrics(run_id, {
-            "alpaca_eval2/win_rate": metrics["win_rate"],
-            "alpaca_eval2/standard_error": metrics["standard_error"],
-            "alpaca_eval2/lc_win_rate": metrics["lc_win_rate"],
-            "alpaca_eval2/lc_standard_error": metrics["lc_standard_error"],
-            "alpaca_eval2/avg_length": metrics["avg_length"],
+            **final,
             "alpaca_eval2/n_instructions": metrics["n_instructions"],
             "alpaca_eval2/judge_is_proxy": 1.0,
         })
@@ -72,6 +102,38 @@ class TinyExecutor:
         tracker.log_json(run_id, "eval/alpaca_eval2_annotations.json", result.annotations.to_dict(orient="records"))
         tracker.log_json(run_id, "eval/alpaca_eval2_metrics.json", metrics)
         return float(metrics["lc_win_rate"])
+
+    @staticmethod
+    def _selfplay(world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str, only_iteration: int | None = None):
+        from ..selfplay import run_selfplay
+
+        def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
+            if only_iteration is None or iteration == only_iteration:
+                tracker.log_metrics(run_id, metrics, step=iteration)
+
+        return run_selfplay(world, spec.variant, spec.coef, on_iteration=log_iteration)
+
+    def _selfplay_with_evaluations(self, spec: TrialSpec, tracker: SweepTracker, run_id: str,
+                                   reporter: TrialReporter | None):
+        """Run self-play, evaluating and reporting after every iteration; a pruned trial stops here."""
+        from ..evals.pipeline import evaluate_alpaca_eval2
+
+        # NOTE: run_selfplay's callback does not receive the new policy, so self-play
+        # runs once per iteration count 1, 2, ..., T; each run takes the iterations
+        # before its last one from the stage cache (lookups and JSON reads only).
+        world = self.world
+        policy = None
+        for iteration in range(1, world.config.selfplay.iterations + 1):
+            view = _IterationLimitedWorld(world, iteration)
+            policy = self._selfplay(view, spec, tracker, run_id, only_iteration=iteration)
+            result = evaluate_alpaca_eval2(world, policy, generator=f"{world.config.name}/{spec.key}/iter{iteration}")
+            metrics = {f"alpaca_eval2/{name}": float(result.metrics[name]) for name in EVAL_METRICS}
+            tracker.log_metrics(run_id, {f"eval_iter/{name}": value for name, value in metrics.items()}, step=iteration)
+            logger.info("trial %s: iteration %d LC win rate %.2f", spec.key, iteration,
+                        metrics["alpaca_eval2/lc_win_rate"])
+            if reporter is not None:
+                reporter.report(iteration, metrics)
+        return policy
 
 
 def build_executor(config: ExperimentConfig, cache: StageCache, data_dir: str | Path | None) -> TrialExecutor:

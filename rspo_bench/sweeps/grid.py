@@ -1,8 +1,9 @@
-"""Expansion of a grid sweep into trials."""
+"""Trials of a sweep: the expansion of a grid, and the trials every sweep kind enqueues."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import SweepConfig, VariantConfig
 
@@ -11,15 +12,34 @@ BASE_TRIAL = "base"
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One trial: a variant at one coefficient, or the base policy (``variant is None``)."""
+    """One trial: a variant at one coefficient, or the base policy (``variant is None``).
+
+    ``params`` holds the values an Optuna search sampled for the trial (empty for
+    grid trials); they are already applied to ``variant`` and ``coef``.
+    """
 
     key: str
     variant: VariantConfig | None
     coef: float
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant_name(self) -> str:
         return BASE_TRIAL if self.variant is None else self.variant.name
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON form that :meth:`from_json` turns back into an equal spec."""
+        return {
+            "key": self.key,
+            "variant": None if self.variant is None else self.variant.model_dump(mode="json"),
+            "coef": self.coef,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialSpec:
+        variant = None if data["variant"] is None else VariantConfig.model_validate(data["variant"])
+        return cls(data["key"], variant, float(data["coef"]), dict(data.get("params", {})))
 
 
 def trial_key(variant: VariantConfig, coef: float) -> str:
@@ -39,3 +59,20 @@ def expand_grid(sweep: SweepConfig) -> list[TrialSpec]:
             seen.add(key)
             trials.append(TrialSpec(key, variant, coef))
     return trials
+
+
+def enqueued_trials(sweep: SweepConfig) -> list[TrialSpec]:
+    """Return the trials queued by key before any is sampled: the whole grid, or an Optuna search's base trial."""
+    if sweep.kind == "grid":
+        return expand_grid(sweep)
+    return [TrialSpec(BASE_TRIAL, None, 0.0)] if sweep.include_base else []
+
+
+def describe_trials(sweep: SweepConfig) -> str:
+    """Return a one-line summary of the trials a sweep runs, for ``rspo-bench validate``."""
+    if sweep.kind == "grid":
+        trials = expand_grid(sweep)
+        return f"{len(trials)} trials: {', '.join(t.key for t in trials)}"
+    base = " + the base trial" if sweep.include_base else ""
+    names = ", ".join(variant.name for variant in sweep.variants)
+    return f"Optuna search, {sweep.n_trials} trials{base} over variants {names}; objectives {sweep.objectives}"

@@ -1,37 +1,57 @@
-"""Run a grid sweep: every trial is a self-play run plus its evaluation.
+"""Run a sweep: workers take trials from one Optuna study, run them and record them in Optuna and MLflow.
 
-Trials are recorded in an Optuna study (grid sampler, SQLite storage by
-default), so a rerun skips every trial that completed before. A trial left
-RUNNING by a killed process on this host is marked failed and run again. Each
-trial's stages come from the shared stage cache, so a rerun of a partly
-finished trial resumes at its first missing stage.
+Exactly once. Every grid point (and an Optuna search's base trial) is enqueued
+once, under a study lock, as a WAITING trial keyed by the ``trial`` parameter.
+Workers take WAITING trials with the storage's compare-and-set (see
+:func:`~rspo_bench.sweeps.optuna_search.claim_waiting`), so any number of
+``rspo-bench sweep`` processes, on any number of machines, can share one study
+in PostgreSQL without running a trial twice. An Optuna search samples its
+other trials with ``study.ask()`` under the same lock, which keeps the count
+at ``n_trials``.
+
+Crash safety. Each running trial records heartbeats from a thread. A worker
+that dies leaves its trial RUNNING; the next worker to look (at start and
+before every claim) fails it, at once when the dead worker ran on the same
+host and otherwise after ``sweep.retry.grace_period``, and queues a retry with
+the same parameters and MLflow run, at most ``sweep.retry.max_retry`` times.
+An MLflow run left RUNNING is closed or, when its trial is retried, reopened.
+A trial that raised an error is not retried until the sweep is started again.
+
+Starting a sweep again (with or without ``--resume``) reuses the study of
+the same name: completed trials are skipped, failed ones run again.
+``--resume`` only adds a check that the study already exists.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import threading
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
+import psutil
 from optuna.trial import TrialState
 
 from .. import data as data_module
 from ..cache import StageCache
 from ..config import ExperimentConfig, flatten
 from ..logs import get_logger
-from ..tracking import SweepTracker, code_version
-from .executors import TrialExecutor, build_executor
-from .grid import TrialSpec, expand_grid
+from ..tracking import SweepTracker, code_version, redact_url
+from . import optuna_search as search
+from .executors import build_executor
+from .grid import TrialSpec, enqueued_trials
+from .workers import InProcessLauncher, OptunaReporter, SubprocessLauncher, TrialOutcome
 
 logger = get_logger(__name__)
 
-TRIAL_PARAM = "trial"
+TRIAL_PARAM = search.TRIAL_PARAM
 OBJECTIVE = "alpaca_eval2/lc_win_rate"
+DONE_STATES = {TrialState.COMPLETE, TrialState.PRUNED}
+TAKEN_STATES = DONE_STATES | {TrialState.RUNNING, TrialState.WAITING}
 
 
 @dataclass
@@ -59,6 +79,21 @@ class SweepPaths:
 
 
 @dataclass
+class SweepOptions:
+    """How this process runs trials.
+
+    ``workers = 0`` runs trials one after another inside this process (the
+    world stays loaded between trials); ``workers = N`` keeps N trial
+    subprocesses running, the i-th pinned to ``devices[i % len(devices)]``.
+    """
+
+    workers: int = 0
+    devices: tuple[str, ...] = ()
+    resume: bool = False
+    system_metrics_interval: float = 5.0
+
+
+@dataclass
 class SweepResult:
     """Outcome of one invocation: trial states, the values, and how long it took."""
 
@@ -66,9 +101,18 @@ class SweepResult:
     completed: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    pruned: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
+    trial_seconds: float = 0.0
     tracking_uri: str = ""
     report: dict[str, Path] = field(default_factory=dict)
+    pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+
+
+class SweepSetupError(ValueError):
+    """The study in the storage does not fit the config or the options; nothing has run."""
 
 
 def check_data(data_dir: str | Path | None) -> None:
@@ -82,76 +126,418 @@ def check_data(data_dir: str | Path | None) -> None:
         data_module.data_file(relative, data_dir)
 
 
-def _open_study(config: ExperimentConfig, storage: str, trials: list[TrialSpec]) -> optuna.Study:
-    sampler = optuna.samplers.GridSampler({TRIAL_PARAM: [trial.key for trial in trials]}, seed=config.seed)
-    study = optuna.create_study(
-        study_name=config.name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-    )
-    _fail_dead_trials(study)
-    return study
+def per_iteration_evaluation(config: ExperimentConfig) -> bool:
+    """Return whether trials evaluate after every self-play iteration (asked for, or needed by a pruner)."""
+    return config.evaluation.alpaca_eval2.every_iteration or config.sweep.pruner is not None
 
 
-def _fail_dead_trials(study: optuna.Study) -> None:
-    """Mark RUNNING trials whose process on this host is gone as FAIL, so they run again."""
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("host") != host:
-            continue
-        pid = trial.user_attrs.get("pid")
-        if pid is not None and _process_alive(int(pid)):
-            continue
-        logger.warning("trial %s (Optuna #%d) was left running by a dead process; marking it failed",
-                       trial.params.get(TRIAL_PARAM), trial.number)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+class _Heartbeat:
+    """Records a running trial's heartbeat in the storage from a thread (ask/tell has no built-in one)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        failures = 0
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+                failures += 1
+                if failures in (1, 10, 100):
+                    logger.warning("heartbeat of trial id %d failed (%d in a row): %s", self._trial_id, failures, error)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+class SweepEngine:
+    """One sweep process: opens the study, runs worker loops until no trial is left for it, then sums up."""
+
+    def __init__(self, config: ExperimentConfig, paths: SweepPaths, options: SweepOptions,
+                 data_dir: str | Path | None) -> None:
+        self.config = config
+        self.sweep = config.sweep
+        self.paths = paths
+        self.options = options
+        self.data_dir = data_dir
+        self.version = code_version()
+        self.cache = StageCache(paths.cache_dir)
+        self.lock = search.StudyLock(paths.storage, config.name)
+        self.storage: optuna.storages.RDBStorage | None = None
+        self.specs = {spec.key: spec for spec in enqueued_trials(self.sweep)}
+        self.per_iteration = per_iteration_evaluation(config)
+        self.own_trial_ids: set[int] = set()
+        self.result = SweepResult(name=config.name, tracking_uri=paths.tracking_uri)
+        self.stopping = threading.Event()
+        self._result_lock = threading.Lock()
+        self._cache_counts = Counter()
+        self.study: optuna.Study
+        self.tracker: SweepTracker
+
+    # Set-up -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the study and the MLflow runs, recover from dead workers and enqueue the keyed trials."""
+        with self.lock.hold():
+            # Under the lock, so workers starting together on an empty database do not race
+            # to create Optuna's (and then MLflow's) tables.
+            self.storage = search.make_storage(self.paths.storage, self.sweep.retry)
+            self.study = self._open_study()
+            self.tracker = self._open_tracker()
+            search.fail_dead_trials(self.study, self.storage, self.own_trial_ids, self.sweep.retry.grace_period)
+            self._close_orphaned_runs()
+            self._enqueue_missing()
+        self._log_done_before()
+
+    def _open_study(self) -> optuna.Study:
+        name, storage_url = self.config.name, redact_url(self.paths.storage)
+        sampler, sampler_args = search.build_sampler(self.sweep, self.config.seed)
+        pruner, pruner_args = search.build_pruner(self.sweep)
+        existing = name in optuna.study.get_all_study_names(self.storage)
+        if self.options.resume and not existing:
+            raise SweepSetupError(
+                f"--resume: no study named {name!r} in {storage_url}; start the sweep without --resume to create it"
+            )
+        wanted = search.directions(self.sweep)
+        study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner,
+                                    directions=wanted, load_if_exists=True)
+        found = [direction.name.lower() for direction in study.directions]
+        if found != wanted:
+            raise SweepSetupError(
+                f"study {name!r} in {storage_url} optimizes {found}, but sweep.objectives {self.sweep.objectives} "
+                f"needs {wanted}; give the experiment another name"
+            )
+        attrs = study.user_attrs
+        # Studies written before the kind was recorded were all grids.
+        kind = attrs.get("rspo.kind", "grid" if existing else self.sweep.kind)
+        if kind != self.sweep.kind:
+            raise SweepSetupError(
+                f"study {name!r} in {storage_url} is a {kind} sweep, but sweep.kind is {self.sweep.kind!r}; "
+                "give the experiment another name"
+            )
+        if self.sweep.kind == "optuna":
+            fingerprint = search.search_space_fingerprint(self.sweep)
+            if attrs.get("rspo.search_space", fingerprint) != fingerprint:
+                raise SweepSetupError(
+                    f"study {name!r} in {storage_url} was sampled from another search space (sweep.variants, "
+                    "sweep.search or sweep.objectives changed); give the experiment another name to start a new search"
+                )
+            study.set_user_attr("rspo.search_space", fingerprint)
+        study.set_user_attr("rspo.kind", self.sweep.kind)
+        study.set_user_attr("rspo.objectives", self.sweep.objectives)
+        study.set_user_attr("rspo.sampler", {**sampler_args, "optuna_version": optuna.__version__})
+        study.set_user_attr("rspo.pruner", pruner_args)
+        logger.info("Optuna study %s in %s (%s): sampler %s, pruner %s", name, storage_url,
+                    "resumed" if existing else "created", sampler_args, pruner_args)
+        return study
+
+    def _open_tracker(self) -> SweepTracker:
+        remote = self.paths.tracking_uri.startswith(("http://", "https://"))
+        tracker = SweepTracker(
+            self.paths.tracking_uri, self.config.name,
+            artifact_root=None if remote else self.paths.artifact_root.as_uri(),
+            parent_run_id=self.study.user_attrs.get("mlflow_parent_run_id"),
+        )
+        parent = tracker.parent_run_id
+        tracker.log_params(parent, flatten(self.config.model_dump(mode="json")))
+        tracker.set_tags(parent, {
+            "rspo.code_version": self.version,
+            "rspo.optuna_storage": redact_url(self.paths.storage),
+            "rspo.optuna_study": self.config.name,
+            "rspo.sweep_kind": self.sweep.kind,
+            "rspo.objectives": ",".join(self.sweep.objectives),
+            "rspo.sampler": str(self.study.user_attrs["rspo.sampler"]),
+            "rspo.pruner": str(self.study.user_attrs["rspo.pruner"]),
+        })
+        self.study.set_user_attr("mlflow_tracking_uri", redact_url(self.paths.tracking_uri))
+        self.study.set_user_attr("mlflow_parent_run_id", parent)
+        return tracker
+
+    def _trials_by_key(self) -> dict[str, list[optuna.trial.FrozenTrial]]:
+        groups: dict[str, list[optuna.trial.FrozenTrial]] = defaultdict(list)
+        for trial in search.counted_trials(self.study):
+            key = search.trial_key_of(trial)
+            if key is not None:
+                groups[key].append(trial)
+        return groups
+
+    def _close_orphaned_runs(self) -> None:
+        live: set[str] = set()
+        finished: dict[str, tuple[str, str]] = {}
+        for key, trials in self._trials_by_key().items():
+            states = {trial.state for trial in trials}
+            if TrialState.RUNNING in states:
+                live.add(key)
+            elif TrialState.COMPLETE in states:
+                finished[key] = ("FINISHED", "complete")
+            elif TrialState.PRUNED in states:
+                finished[key] = ("KILLED", "pruned")
+        self.tracker.close_orphaned_runs(live, finished)
+
+    def _enqueue_missing(self) -> None:
+        by_key = self._trials_by_key()
+        added = []
+        for key in self.specs:
+            if {trial.state for trial in by_key.get(key, [])} & TAKEN_STATES:
+                continue
+            self.study.enqueue_trial({TRIAL_PARAM: key}, user_attrs={search.KEY_ATTR: key})
+            added.append(key)
+        if added:
+            logger.info("sweep %s: enqueued %d trials: %s", self.config.name, len(added), ", ".join(added))
+
+    def _log_done_before(self) -> None:
+        by_key = self._trials_by_key()
+        total = len(self.specs) if self.sweep.kind == "grid" else len(self.specs) + self.sweep.n_trials
+        done = 0
+        for index, key in enumerate(self.specs, start=1):
+            trials = [trial for trial in by_key.get(key, []) if trial.state == TrialState.COMPLETE]
+            if trials:
+                done += 1
+                value = trials[0].values[0]
+                self.result.skipped[key] = value
+                logger.info("trial %d/%d %s: already complete (%s %.2f), skipping", index, len(self.specs), key,
+                            _objective_label(self.sweep.objectives[0]), value)
+        for key, trials in by_key.items():
+            if key not in self.specs and any(trial.state == TrialState.COMPLETE for trial in trials):
+                done += 1
+                self.result.skipped[key] = next(t.values[0] for t in trials if t.state == TrialState.COMPLETE)
+        logger.info("sweep %s: %d trials, %d already complete", self.config.name, total, done)
+
+    # Worker loops ----------------------------------------------------------------------
+
+    def run_workers(self) -> None:
+        """Run trials until none is left for this process: in-process, or ``workers`` trial subprocesses."""
+        if self.options.workers <= 0:
+            self._work(self._in_process_launcher())
+            return
+        launch_defaults = {
+            "config": self.config.model_dump(mode="json"),
+            "parent_run_id": self.tracker.parent_run_id,
+            "tracking_uri": self.paths.tracking_uri,
+            "cache_dir": str(self.paths.cache_dir),
+            "data_dir": None if self.data_dir is None else str(Path(self.data_dir).resolve()),
+            "code_version": self.version,
+            "report_intermediate": self.per_iteration,
+            "system_metrics_interval": self.options.system_metrics_interval,
+        }
+        devices = list(self.options.devices)
+        launchers = [
+            SubprocessLauncher(launch_defaults, device=devices[index % len(devices)] if devices else None)
+            for index in range(self.options.workers)
+        ]
+        errors: list[BaseException] = []
+
+        def work(launcher: SubprocessLauncher) -> None:
+            try:
+                self._work(launcher)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(error)
+                self.stopping.set()
+
+        threads = [threading.Thread(target=work, args=(launcher,), name=f"worker-{index}")
+                   for index, launcher in enumerate(launchers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)
+        except KeyboardInterrupt:
+            logger.warning("interrupted: stopping %d trial processes", len(launchers))
+            self.stopping.set()
+            for launcher in launchers:
+                launcher.terminate()
+            for thread in threads:
+                thread.join()
+            self.tracker.finish_sweep("KILLED")
+            raise
+        if errors:
+            raise errors[0]
+
+    def _in_process_launcher(self) -> InProcessLauncher:
+        executor = build_executor(self.config, self.cache, self.data_dir)
+        return InProcessLauncher(
+            executor, self.tracker, self.config, version=self.version, cache=self.cache,
+            monitor_interval=self.options.system_metrics_interval,
+            record_usage=lambda key, entries: self.cache.record_usage(self.config.name, key, entries),
+        )
+
+    def _work(self, launcher: InProcessLauncher | SubprocessLauncher) -> None:
+        while not self.stopping.is_set():
+            with self.lock.hold():
+                search.fail_dead_trials(self.study, self.storage, self.own_trial_ids, self.sweep.retry.grace_period)
+                trial = self._claim()
+            if trial is None:
+                return
+            try:
+                with _Heartbeat(self.storage, trial._trial_id, self.sweep.retry.heartbeat_interval):
+                    self._run_claimed(trial, launcher)
+            finally:
+                self.own_trial_ids.discard(trial._trial_id)
+
+    def _claim(self) -> optuna.Trial | None:
+        """Take a queued trial, or sample one while the search has budget left; None when nothing is left."""
+        trial = search.claim_waiting(self.study, self.storage)
+        if trial is None and self.sweep.kind == "optuna" and search.sampled_slots(self.study) < self.sweep.n_trials:
+            trial = search.ask_sampled(self.study)
+        if trial is None:
+            return None
+        self.own_trial_ids.add(trial._trial_id)
+        self.storage.record_heartbeat(trial._trial_id)
+        process = psutil.Process()
+        for name, value in (("host", search.host_id()), ("pid", os.getpid()),
+                            ("pid_started", process.create_time()), ("worker", search.WORKER_TOKEN)):
+            trial.set_user_attr(name, value)
+        return trial
+
+    def _spec_for(self, trial: optuna.Trial) -> TrialSpec | None:
+        """Return the claimed trial's spec with its parameters fixed, or None after closing it unrun."""
+        frozen = self.storage.get_trial(trial._trial_id)
+        if not search.is_keyed(frozen):
+            return search.suggest_trial(trial, self.sweep, search.origin_number(frozen))
+        key = search.trial_key_of(frozen)
+        if key not in self.specs:
+            self._close(trial, f"trial {key!r} is no longer in the sweep config")
+            return None
+        if TRIAL_PARAM not in frozen.params:
+            trial.suggest_categorical(TRIAL_PARAM, list(self.specs))
+        done = [other.number for other in self._trials_by_key().get(key, [])
+                if other.state in DONE_STATES and other.number != trial.number]
+        if done:
+            self._close(trial, f"duplicate of finished trial #{done[0]}")
+            return None
+        return self.specs[key]
+
+    def _close(self, trial: optuna.Trial, reason: str) -> None:
+        logger.warning("Optuna trial #%d closed without running: %s", trial.number, reason)
+        trial.set_user_attr(search.CLOSED_ATTR, reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    def _run_claimed(self, trial: optuna.Trial, launcher: InProcessLauncher | SubprocessLauncher) -> None:
+        spec = self._spec_for(trial)
+        if spec is None:
+            return
+        trial.set_user_attr(search.KEY_ATTR, spec.key)
+        tags = {
+            "rspo.optuna_trial_number": str(trial.number),
+            "rspo.optuna_study": self.config.name,
+            "rspo.optuna_storage": redact_url(self.paths.storage),
+            "rspo.variant": spec.variant_name,
+            "rspo.coef": f"{spec.coef:g}",
+        }
+        run_id, previous = self.tracker.trial_run(spec.key, tags)
+        if previous is not None:
+            logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        reporter = None
+        if self.per_iteration:
+            reporter = OptunaReporter(trial, self.sweep.objectives[0], single_objective=len(self.sweep.objectives) == 1)
+        logger.info("trial %s (Optuna #%d): starts", spec.key, trial.number)
+        try:
+            outcome = launcher.run(spec, run_id, reporter)
+        except KeyboardInterrupt:
+            self._tell(trial, spec, state=TrialState.FAIL)
+            self.tracker.finish(run_id, "KILLED", "interrupted")
+            self.tracker.finish_sweep("KILLED")
+            raise
+        self._record(trial, spec, run_id, outcome)
+
+    def _tell(self, trial: optuna.Trial, spec: TrialSpec, **kwargs: Any) -> bool:
+        try:
+            self.study.tell(trial, **kwargs)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as error:
+            # Another worker failed this trial after its heartbeat went stale and queued a retry,
+            # which will run the trial again in the same MLflow run.
+            logger.warning("trial %s (Optuna #%d) was already ended by another worker: %s",
+                           spec.key, trial.number, error)
+            return False
         return True
-    return pid != os.getpid()
+
+    def _record(self, trial: optuna.Trial, spec: TrialSpec, run_id: str, outcome: TrialOutcome) -> None:
+        with self._result_lock:
+            self.result.trial_seconds += outcome.seconds
+            self._cache_counts.update(hits=outcome.cache_hits, misses=outcome.cache_misses)
+        if outcome.status == "complete":
+            try:
+                values = search.objective_values(self.sweep, outcome.metrics)
+            except KeyError as error:
+                outcome = TrialOutcome("failed", error=str(error), seconds=outcome.seconds)
+            else:
+                if self._tell(trial, spec, values=values):
+                    self.tracker.finish(run_id, "FINISHED", "complete")
+                    self.result.completed[spec.key] = values[0]
+                    logger.info("trial %s: done in %.0f s, %s", spec.key, outcome.seconds, _format_values(
+                        self.sweep.objectives, values))
+                return
+        if outcome.status == "pruned":
+            last = trial.storage.get_trial(trial._trial_id).intermediate_values
+            value = last[max(last)] if last else None
+            if self._tell(trial, spec, state=TrialState.PRUNED):
+                self.tracker.finish(run_id, "KILLED", "pruned")
+                self.result.pruned[spec.key] = value
+                logger.info("trial %s: pruned after %.0f s", spec.key, outcome.seconds)
+            return
+        interrupted = self.stopping.is_set()
+        logger.error("trial %s failed: %s", spec.key, outcome.error)
+        if self._tell(trial, spec, state=TrialState.FAIL):
+            self.tracker.finish(run_id, "KILLED" if interrupted else "FAILED", "interrupted" if interrupted else "failed")
+            self.result.failed[spec.key] = outcome.error
+
+    # Summary -------------------------------------------------------------------------------
+
+    def finish(self) -> SweepResult:
+        """Record the Pareto front and the states; end the parent run when no trial is left anywhere."""
+        counted = search.counted_trials(self.study)
+        states = Counter(trial.state.name for trial in counted)
+        self.result.states = dict(sorted(states.items()))
+        front = search.pareto_front(self.study, self.sweep)
+        self.result.pareto_front = front
+        document = {"objectives": self.sweep.objectives, "directions": search.directions(self.sweep), "trials": front}
+        self.study.set_user_attr("rspo.pareto_front", front)
+        parent = self.tracker.parent_run_id
+        self.tracker.log_json(parent, "sweep/pareto_front.json", document)
+        self.tracker.set_tags(parent, {
+            "rspo.pareto_front": ",".join(str(item["key"]) for item in front)[:4000],
+            "rspo.trial_states": ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
+        })
+        self.result.finished = not (states.get("RUNNING", 0) or states.get("WAITING", 0))
+        if self.result.finished:
+            by_key = self._trials_by_key()
+            unfinished = [key for key in self.specs
+                          if not {trial.state for trial in by_key.get(key, [])} & DONE_STATES]
+            self.tracker.finish_sweep("FAILED" if unfinished or self.result.failed else "FINISHED")
+        else:
+            logger.info("sweep %s: %d trials still running or queued in other workers", self.config.name,
+                        states.get("RUNNING", 0) + states.get("WAITING", 0))
+        hits = self.cache.hits + self._cache_counts["hits"]
+        misses = self.cache.misses + self._cache_counts["misses"]
+        logger.info("stage cache: %d hits, %d misses", hits, misses)
+        return self.result
+
+    def close(self) -> None:
+        self.lock.close()
+        if self.storage is not None:
+            self.storage.remove_session()
+            self.storage.engine.dispose()
 
 
-def _completed_keys(study: optuna.Study) -> dict[str, float]:
-    return {
-        trial.params[TRIAL_PARAM]: trial.value
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if TRIAL_PARAM in trial.params
-    }
+def _objective_label(objective: str) -> str:
+    return {"lc_win_rate": "LC win rate", "win_rate": "win rate", "avg_length": "avg length"}[objective]
 
 
-def _run_trial(executor: TrialExecutor, tracker: SweepTracker, spec: TrialSpec, config: ExperimentConfig,
-               version: str) -> float:
-    tags = {
-        "rspo.variant": spec.variant_name,
-        "rspo.coef": f"{spec.coef:g}",
-        "rspo.world": config.world.kind,
-        "rspo.code_version": version,
-        **executor.tags(spec),
-    }
-    run_id, previous = tracker.trial_run(spec.key, tags)
-    if previous is not None:
-        logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
-    started = time.perf_counter()
-    try:
-        trial_config = config.model_dump(mode="json")
-        trial_config["trial"] = {"key": spec.key, "variant": spec.variant_name, "coef": spec.coef}
-        params = {key: value for key, value in flatten(trial_config).items() if not key.startswith("sweep.variants")}
-        tracker.log_params(run_id, params)
-        tracker.log_text(run_id, "config/resolved.yaml", yaml.safe_dump(trial_config, sort_keys=False))
-        value = executor.run(spec, tracker, run_id)
-        tracker.log_metrics(run_id, {"trial/seconds": time.perf_counter() - started})
-        tracker.finish(run_id, "FINISHED")
-        return value
-    except KeyboardInterrupt:
-        tracker.finish(run_id, "KILLED")
-        raise
-    except Exception:
-        tracker.finish(run_id, "FAILED")
-        raise
+def _format_values(objectives: list[str], values: list[float]) -> str:
+    return ", ".join(f"{_objective_label(name)} {value:.2f}" for name, value in zip(objectives, values, strict=True))
 
 
 def run_sweep(
@@ -161,59 +547,27 @@ def run_sweep(
     data_dir: str | Path | None = None,
     report_formats: tuple[str, ...] = ("html",),
     report_dir: Path | None = None,
+    options: SweepOptions | None = None,
 ) -> SweepResult:
-    """Run every trial of a grid sweep that has not completed, then write the report."""
+    """Run the trials of a sweep that no worker has finished, then write the report once none is left."""
     started = time.perf_counter()
+    options = options or SweepOptions()
     if config.world.kind == "tiny":
         check_data(data_dir)
-    trials = expand_grid(config.sweep)
-    cache = StageCache(paths.cache_dir)
-    executor = build_executor(config, cache, data_dir)
-    version = code_version()
-    tracker = SweepTracker(paths.tracking_uri, config.name, artifact_root=paths.artifact_root.as_uri())
-    tracker.log_params(tracker.parent_run_id, {k: v for k, v in flatten(config.model_dump(mode="json")).items()})
-    tracker.client.set_tag(tracker.parent_run_id, "rspo.code_version", version)
-    tracker.client.set_tag(tracker.parent_run_id, "rspo.optuna_storage", paths.storage)
-    study = _open_study(config, paths.storage, trials)
-    study.set_user_attr("mlflow_tracking_uri", paths.tracking_uri)
-    study.set_user_attr("mlflow_parent_run_id", tracker.parent_run_id)
-
-    result = SweepResult(name=config.name, tracking_uri=paths.tracking_uri)
-    done = _completed_keys(study)
-    logger.info("sweep %s: %d trials, %d already complete", config.name, len(trials), len(done))
-    for index, spec in enumerate(trials, start=1):
-        if spec.key in done:
-            logger.info("trial %d/%d %s: already complete (LC win rate %.2f), skipping",
-                        index, len(trials), spec.key, done[spec.key])
-            result.skipped[spec.key] = done[spec.key]
-            continue
-        logger.info("trial %d/%d %s: starts", index, len(trials), spec.key)
-        study.enqueue_trial({TRIAL_PARAM: spec.key})
-        trial = study.ask()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.suggest_categorical(TRIAL_PARAM, [t.key for t in trials])
-        trial_started = time.perf_counter()
-        try:
-            value = _run_trial(executor, tracker, spec, config, version)
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            tracker.finish_sweep("KILLED")
-            raise
-        except Exception as error:  # noqa: BLE001 - one failed trial must not stop the sweep
-            logger.error("trial %s failed: %s: %s", spec.key, type(error).__name__, error)
-            study.tell(trial, state=TrialState.FAIL)
-            result.failed[spec.key] = f"{type(error).__name__}: {error}"
-            continue
-        study.tell(trial, value)
-        result.completed[spec.key] = value
-        logger.info("trial %s: done in %.0f s, LC win rate %.2f", spec.key, time.perf_counter() - trial_started, value)
-
-    tracker.finish_sweep("FAILED" if result.failed else "FINISHED")
+    engine = SweepEngine(config, paths, options, data_dir)
+    try:
+        engine.open()
+        engine.run_workers()
+        result = engine.finish()
+        if report_formats and result.finished:
+            with engine.lock.hold():
+                result.report = write_sweep_report(paths.tracking_uri, [config.name], report_dir, report_formats)
+        elif report_formats:
+            logger.info("report not written while trials run in other workers; "
+                        "run `rspo-bench report %s` when they are done", config.name)
+    finally:
+        engine.close()
     result.seconds = time.perf_counter() - started
-    logger.info("stage cache: %d hits, %d misses", cache.hits, cache.misses)
-    if report_formats:
-        result.report = write_sweep_report(paths.tracking_uri, [config.name], report_dir, report_formats)
     return result
 
 
