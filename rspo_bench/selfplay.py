@@ -105,7 +105,7 @@ class TinyWorld:
         excluded = {_normalized(item["instruction"]) for item in self.alpaca_instructions}
         pool = [
             record["prompt"]
-            for record in self.train_records[self.config.world.warmup.num_examples :]
+            for record in self.train_records[len(self.warmup_records) :]
             if _normalized(record["prompt"]) not in excluded
         ]
         needed = self.config.selfplay.iterations * self.config.prompts.per_iteration
@@ -113,7 +113,7 @@ class TinyWorld:
             raise ValueError(
                 f"self-play needs selfplay.iterations × prompts.per_iteration = {needed} prompts, but only "
                 f"{len(pool)} UltraFeedback prompts remain after the warm-up slice "
-                f"(world.warmup.num_examples = {self.config.world.warmup.num_examples}); lower one of them"
+                f"({len(self.warmup_records)} records used for warm-up SFT); lower one of them"
             )
         return pool
 

@@ -55,12 +55,14 @@ class _IterationLimitedWorld:
 
 
 class TinyExecutor:
-    """Self-play on the tiny CPU language model, evaluated on AlpacaEval 2.0 with the offline judge."""
+    """Self-play on a language model world (tiny by default, or the given hf world), evaluated on AlpacaEval 2.0."""
 
-    def __init__(self, config: ExperimentConfig, cache: StageCache, data_dir: str | Path | None) -> None:
+    def __init__(
+        self, config: ExperimentConfig, cache: StageCache, data_dir: str | Path | None, world: Any | None = None
+    ) -> None:
         from ..selfplay import TinyWorld
 
-        self.world = TinyWorld(config, cache, data_dir)
+        self.world = world if world is not None else TinyWorld(config, cache, data_dir)
 
     def tags(self, spec: TrialSpec) -> dict[str, str]:
         world = self.world
@@ -144,4 +146,8 @@ def build_executor(config: ExperimentConfig, cache: StageCache, data_dir: str | 
                 f"judge.kind {config.judge.kind!r} is not wired into the tiny world's sweep yet; use 'offline'"
             )
         return TinyExecutor(config, cache, data_dir)
+    if config.world.kind == "hf":
+        from ..worlds.hf_selfplay import HFWorld
+
+        return TinyExecutor(config, cache, data_dir, world=HFWorld(config, cache, data_dir))
     raise ValueError(f"world.kind {config.world.kind!r} has no sweep executor")

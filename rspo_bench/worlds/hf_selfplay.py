@@ -27,6 +27,11 @@ class HFWorld(TinyWorld):
         return self.config.world.hf
 
     @cached_property
+    def warmup_records(self) -> list[dict[str, Any]]:
+        """Return no records: a checkpoint is its own base policy, so self-play may use every training prompt."""
+        return []
+
+    @cached_property
     def base_policy(self) -> PolicyRef:
         settings = self.model_config
         key = stable_hash({"checkpoint": settings.name_or_path, "revision": settings.revision, "dtype": settings.dtype})
