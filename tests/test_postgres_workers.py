@@ -145,6 +145,7 @@ def mlflow_children(tracking_uri: str, name: str) -> list:
     return [run for run in runs if run.data.tags.get("rspo.role") == "trial"]
 
 
+@pytest.mark.slow
 def test_concurrent_fake_workers_run_each_point_once(postgres, tmp_path):
     """Three processes start together on a fresh study; the lock and the claim keep every trial single."""
     raw = grid_config("fakegrid", [0.1, 0.2, 0.5, 1.0, 2.0, 5.0])

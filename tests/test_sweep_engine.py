@@ -389,7 +389,109 @@ def test_rank_one_tracker_logs_nothing(tmp_path, monkeypatch):
     assert is_main_process()
 
 
+def test_subprocess_launcher_pins_device(monkeypatch, tmp_path):
+    from rspo_bench.sweeps import workers
+    from rspo_bench.sweeps.grid import TrialSpec
+
+    seen = {}
+
+    class RecordingPopen:
+        def __init__(self, command, *, stdin, pass_fds, env):
+            seen.update(command=command, env=env)
+            for fd in pass_fds:
+                os.write(fd, b'{"event": "result", "status": "complete", "value": 1.0, "metrics": {}}\n')
+            self.stdin = open(os.devnull, "wb")
+            self.returncode = 0
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", RecordingPopen)
+    launcher = workers.SubprocessLauncher({"config": {}, "parent_run_id": "p", "tracking_uri": "u", "cache_dir": "c",
+                                           "data_dir": None, "code_version": "v", "report_intermediate": False,
+                                           "system_metrics_interval": 5.0}, device="1")
+    outcome = launcher.run(TrialSpec("base", None, 0.0), "run", None)
+    assert outcome.status == "complete"
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert seen["command"][1:3] == ["-m", "rspo_bench.sweeps.workers"]
+
+
 def test_redact_url():
     assert redact_url("postgresql://rspo:s3cret@db.lab:5432/optuna") == "postgresql://rspo:***@db.lab:5432/optuna"
     assert redact_url("postgresql+psycopg2://rspo@127.0.0.1/optuna") == "postgresql+psycopg2://rspo@127.0.0.1/optuna"
     assert redact_url("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """Start `mlflow server` with a SQLite backend on a free 127.0.0.1 port; stop it after the test."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            log.close()
+            pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow-server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(60)
+    log.close()
+
+
+@pytest.mark.slow
+def test_sweep_against_tracking_server(mlflow_server, tmp_path, mini_config, data_dir):
+    """A real sweep, trials in subprocesses, logging over HTTP to an `mlflow server` started by the test."""
+    config = mini_config("served", "    - name: sppo\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RSPO_BENCH_PROGRESS": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "rspo_bench.cli", "sweep", str(config), "--workdir", str(tmp_path / "runs"),
+         "--tracking-uri", mlflow_server, "--workers", "1", "--report-dir", str(tmp_path / "report")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "report" / "report.html").is_file()
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("served")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if run.data.tags.get("rspo.role") == "sweep"]
+    children = [run for run in runs if run.data.tags.get("rspo.role") == "trial"]
+    assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(run.data.tags["rspo.trial"] for run in children) == ["base", "sppo-0"]
+    study = optuna.load_study(study_name="served", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    assert study.user_attrs["mlflow_tracking_uri"] == mlflow_server
+    assert study.user_attrs["mlflow_parent_run_id"] == parents[0].info.run_id
+    numbers = {trial.user_attrs["mlflow_run_id"]: trial.number for trial in study.trials}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["rspo.optuna_trial_number"] == str(numbers[run.info.run_id])
+        assert "alpaca_eval2/lc_win_rate" in run.data.metrics
+        assert "system/peak_rss_mib" in run.data.metrics
+        assert "system/cpu_percent" in run.data.metrics
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "config")}
+        assert artifacts == {"config/resolved.yaml"}
