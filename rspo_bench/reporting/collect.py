@@ -3,18 +3,21 @@
 The sweep runner writes one parent run per sweep (tags ``rspo.role = "sweep"``
 and ``rspo.sweep = <name>``, experiment named after the sweep) and one child
 run per trial (``rspo.role = "trial"``, ``mlflow.parentRunId`` = parent id).
-Final AlpacaEval 2 metrics are logged under ``alpaca_eval2/``; every other
-metric is a per-iteration history logged with ``step = iteration``.
+Final metrics are logged under ``alpaca_eval2/`` (language-model worlds) or
+``game/final_`` (the game world); every other metric is a per-iteration history
+logged with ``step = iteration``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import mlflow
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Metric, Run, ViewType
 
 from rspo_bench.logs import get_logger
 
@@ -23,11 +26,23 @@ log = get_logger(__name__)
 ROLE_TAG = "rspo.role"
 SWEEP_TAG = "rspo.sweep"
 PARENT_TAG = "mlflow.parentRunId"
+STATE_TAG = "rspo.state"
+WORLD_TAG = "rspo.world"
 FINAL_PREFIX = "alpaca_eval2/"
+GAME_FINAL_PREFIX = "game/final_"
+FINAL_PREFIXES = (FINAL_PREFIX, GAME_FINAL_PREFIX)
 BASE_VARIANT = "base"
+GAME_WORLD = "game"
 
 # Page size for MlflowClient.search_runs. Later pages are fetched with the page token.
 _PAGE_SIZE = 1000
+# Run ids per bulk history query. SQLite before 3.32 allows at most 999 bound parameters.
+_BULK_RUNS = 500
+# Row limit of one bulk history query. A result this long may be cut off, so the
+# runs of that query are read again one metric at a time.
+_BULK_ROW_LIMIT = 5_000_000
+# Threads for per-run history reads when the store has no bulk read (file and REST stores).
+_HISTORY_THREADS = 8
 
 
 class SweepNotFoundError(LookupError):
@@ -59,12 +74,32 @@ class TrialData:
         return self.tags.get("rspo.judge", "")
 
     @property
+    def state(self) -> str:
+        """How the sweep engine ended the trial (complete, pruned, failed, interrupted), or ''."""
+        return self.tags.get(STATE_TAG, "")
+
+    @property
+    def is_pruned(self) -> bool:
+        return self.state == "pruned"
+
+    @property
+    def world(self) -> str:
+        return self.tags.get(WORLD_TAG, "")
+
+    @property
     def judge_is_proxy(self) -> bool:
         return self.tags.get("rspo.judge_is_proxy", "").strip().lower() == "true"
 
     def final(self, name: str) -> float | None:
         """Return the final metric ``alpaca_eval2/<name>``, or None when it was not logged."""
         return self.final_metrics.get(FINAL_PREFIX + name)
+
+    def value_at(self, metric: str, step: int) -> float | None:
+        """Return the value of ``metric`` logged at ``step``, or None when that step has none."""
+        for logged_step, value in self.histories.get(metric, ()):
+            if logged_step == step:
+                return value
+        return None
 
     def last_value(self, metric: str) -> float | None:
         """Return the value of ``metric`` at its last logged step, or None when it has no history."""
@@ -83,6 +118,26 @@ class SweepData:
     tracking_uri: str
     trials: list[TrialData] = field(default_factory=list)
     parent_tags: dict[str, str] = field(default_factory=dict)
+    # The flattened experiment config that the sweep runner logs as parent-run params.
+    parent_params: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
+    experiment_name: str = ""
+
+    @property
+    def world(self) -> str:
+        """The world kind (tiny, hf, game) from the config params, else the most common trial tag."""
+        kind = self.parent_params.get("world.kind")
+        if kind:
+            return kind
+        counts: dict[str, int] = defaultdict(int)
+        for trial in self.trials:
+            if trial.world:
+                counts[trial.world] += 1
+        return max(sorted(counts), key=counts.__getitem__) if counts else ""
+
+    @property
+    def is_game(self) -> bool:
+        return self.world == GAME_WORLD
 
 
 def collect_sweep(tracking_uri: str, sweep: str) -> SweepData:
@@ -120,16 +175,21 @@ def collect_sweep(tracking_uri: str, sweep: str) -> SweepData:
         for run in _search_all(client, [parent.info.experiment_id], child_filter)
         if run.data.tags.get(ROLE_TAG) == "trial"
     ]
-    trials = [_trial_from_run(client, run) for run in trial_runs]
-    trials.sort(key=_trial_sort_key)
+    histories = _read_histories(client, trial_runs)
+    trials = [_trial_from_run(run, histories.get(run.info.run_id, {})) for run in trial_runs]
+    trials.sort(key=trial_sort_key)
     log.info("Collected sweep %r from %s: %d trials", sweep, tracking_uri, len(trials))
 
+    experiment = client.get_experiment(parent.info.experiment_id)
     return SweepData(
         name=sweep,
         parent_run_id=parent.info.run_id,
         tracking_uri=tracking_uri,
         trials=trials,
         parent_tags=dict(parent.data.tags),
+        parent_params=dict(parent.data.params),
+        experiment_id=parent.info.experiment_id,
+        experiment_name=experiment.name if experiment is not None else "",
     )
 
 
@@ -191,17 +251,17 @@ def _not_found_message(
     )
 
 
-def _trial_from_run(client: mlflow.MlflowClient, run: Run) -> TrialData:
+def _trial_from_run(run: Run, metric_histories: dict[str, list[Metric]]) -> TrialData:
     tags = dict(run.data.tags)
     final_metrics: dict[str, float] = {}
     histories: dict[str, list[tuple[int, float]]] = {}
     for key, latest in run.data.metrics.items():
-        if key.startswith(FINAL_PREFIX):
+        if key.startswith(FINAL_PREFIXES):
             # run.data.metrics stores the value at the highest step, which is
             # the final value whether the runner logged it at step 0 or last.
             final_metrics[key] = latest
         else:
-            histories[key] = _history(client.get_metric_history(run.info.run_id, key))
+            histories[key] = _history(metric_histories.get(key, []))
 
     return TrialData(
         key=tags.get("rspo.trial") or run.info.run_name or run.info.run_id,
@@ -214,6 +274,64 @@ def _trial_from_run(client: mlflow.MlflowClient, run: Run) -> TrialData:
         final_metrics=final_metrics,
         histories=dict(sorted(histories.items())),
     )
+
+
+def _history_keys(run: Run) -> list[str]:
+    return [key for key in run.data.metrics if not key.startswith(FINAL_PREFIXES)]
+
+
+def _read_histories(client: mlflow.MlflowClient, runs: Sequence[Run]) -> dict[str, dict[str, list[Metric]]]:
+    """Read every per-iteration metric history of ``runs``: run id -> metric key -> logged values.
+
+    A SQL store gets one query per metric key and batch of runs, so a sweep of
+    500 trials with 15 metrics needs about 15 queries instead of 7,500
+    ``get_metric_history`` calls. Other stores are read per run and metric on a thread pool.
+    """
+    # NOTE: the bulk read goes through the client's private ``_tracking_client.store`` (MLflow 3.x).
+    # When that attribute or the store method is missing, the per-metric path runs instead.
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk_read = getattr(store, "get_metric_history_bulk", None)
+    if bulk_read is None:
+        return _read_histories_per_metric(client, runs)
+
+    runs_by_key: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        for key in _history_keys(run):
+            runs_by_key[key].append(run.info.run_id)
+
+    histories: dict[str, dict[str, list[Metric]]] = defaultdict(lambda: defaultdict(list))
+    retry: list[Run] = []
+    by_id = {run.info.run_id: run for run in runs}
+    for key, run_ids in runs_by_key.items():
+        for start in range(0, len(run_ids), _BULK_RUNS):
+            batch = run_ids[start : start + _BULK_RUNS]
+            rows = bulk_read(batch, key, _BULK_ROW_LIMIT)
+            if len(rows) >= _BULK_ROW_LIMIT:
+                log.warning(
+                    "Metric %r: bulk history read reached the %d-row limit; reading its %d runs one by one",
+                    key, len(rows), len(batch),
+                )
+                retry += [by_id[run_id] for run_id in batch]
+                continue
+            for row in rows:
+                histories[row.run_id][key].append(row)
+
+    if retry:
+        unique = list({run.info.run_id: run for run in retry}.values())
+        histories.update(_read_histories_per_metric(client, unique))
+    return histories
+
+
+def _read_histories_per_metric(
+    client: mlflow.MlflowClient, runs: Sequence[Run]
+) -> dict[str, dict[str, list[Metric]]]:
+    requests = [(run.info.run_id, key) for run in runs for key in _history_keys(run)]
+    with ThreadPoolExecutor(max_workers=_HISTORY_THREADS) as pool:
+        results = pool.map(lambda request: client.get_metric_history(*request), requests)
+        histories: dict[str, dict[str, list[Metric]]] = defaultdict(dict)
+        for (run_id, key), metrics in zip(requests, results, strict=True):
+            histories[run_id][key] = list(metrics)
+    return histories
 
 
 def _history(metrics: list) -> list[tuple[int, float]]:
@@ -237,7 +355,7 @@ def _parse_coef(text: str | None, run_id: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _trial_sort_key(trial: TrialData) -> tuple[bool, str, float, str]:
+def trial_sort_key(trial: TrialData) -> tuple[bool, str, float, str]:
     """Order the base model first, then by variant and coefficient."""
     coef = math.inf if trial.coef is None else trial.coef
     return (not trial.is_base, trial.variant, coef, trial.key)
