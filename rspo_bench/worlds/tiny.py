@@ -633,15 +633,100 @@ def sequence_logps(
     device, padded on either side. The token at position 0 has no prefix, so
     ``response_mask[:, 0]`` is ignored. Returns a float32 tensor of shape [B] that keeps
     the autograd graph when gradients are enabled.
+
+    A :class:`~transformers.LlamaForCausalLM` runs in up to :data:`MAX_LENGTH_GROUPS`
+    forward passes over rows of similar length, and only response positions go through its
+    LM head. Other models get the full logits of every position from :func:`token_logps`.
+    Both ways give the same values up to float rounding.
     """
-    per_token = token_logps(model, input_ids, attention_mask)
     mask = response_mask[:, 1:].bool()
-    # Use torch.where, not a product with the mask, because padded positions may be NaN and NaN * 0 is NaN.
-    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
-    totals = per_token.sum(-1)
+    # A model wrapped by DistributedDataParallel or torch.compile is not a LlamaForCausalLM, so it
+    # takes the full-logits path, which calls the wrapper and so keeps DDP's gradient hooks.
+    if isinstance(model, LlamaForCausalLM):
+        totals = _response_logps_from_hidden_states(model, input_ids, attention_mask, response_mask)
+    else:
+        per_token = token_logps(model, input_ids, attention_mask)
+        # Use torch.where, not a product with the mask, because padded positions may be NaN and NaN * 0 is NaN.
+        per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+        totals = per_token.sum(-1)
     if average:
         return totals / mask.sum(-1).clamp(min=1)
     return totals
+
+
+# Upper bound on the forward passes of one sequence_logps call on a Llama model. More groups
+# waste less compute on padding but each adds a forward pass. benchmarks/trainer_throughput.py
+# measures 1 against 4 groups.
+MAX_LENGTH_GROUPS = 4
+
+
+def _length_groups(attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+    """Split rows into at most :data:`MAX_LENGTH_GROUPS` groups of similar length.
+
+    Returns (row indices, first column, end column) per group. The columns span every
+    non-padding token of the group's rows, whichever side they are padded on. Groups whose
+    span is shorter than two tokens contain no scored position and are left out.
+    """
+    batch_size, width = attention_mask.shape
+    if batch_size == 0:
+        return []
+    columns = torch.arange(width, device=attention_mask.device)
+    real = attention_mask.bool()
+    first = torch.where(real, columns, width).amin(-1)
+    last = torch.where(real, columns, -1).amax(-1)
+    lengths = (last - first + 1).clamp(min=0)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    groups = []
+    for rows in order.chunk(min(MAX_LENGTH_GROUPS, batch_size)):
+        start = int(first[rows].min())
+        end = int(last[rows].max()) + 1
+        if end - start >= 2:
+            groups.append((rows, start, end))
+    return groups
+
+
+def _flat_target_logps(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Return float32 log softmax(logits)[target] for [N, V] logits, upcasting at most ``chunk_size`` rows at a time."""
+    if logits.dtype in (torch.float32, torch.float64) or logits.shape[0] == 0:
+        return _target_logps(logits.float(), targets)
+    parts = [
+        _target_logps(part.unsqueeze(0), part_targets.unsqueeze(0)).squeeze(0)
+        for part, part_targets in zip(logits.split(chunk_size), targets.split(chunk_size), strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def _response_logps_from_hidden_states(
+    model: LlamaForCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Sum log π over response tokens, running the LM head on response positions only.
+
+    ``LlamaForCausalLM`` computes its logits as ``lm_head(last hidden state)`` with no
+    scaling, so projecting only the hidden states before response tokens gives the same
+    values as :func:`token_logps` while skipping the [B, T, V] logits of prompt and padding
+    positions. Rows are cut to their length group's span, which removes most padding.
+    """
+    token_rows = []
+    token_values = []
+    for rows, start, end in _length_groups(attention_mask):
+        group_ids = input_ids[rows, start:end]
+        group_attention = attention_mask[rows, start:end]
+        position_ids = (group_attention.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = model.model(
+            input_ids=group_ids, attention_mask=group_attention, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        # Hidden state t predicts token t + 1, so response token t + 1 is scored from hidden[:, t].
+        scored = response_mask[rows, start + 1 : end].bool()
+        logits = model.lm_head(hidden[:, :-1][scored])
+        token_values.append(_flat_target_logps(logits, group_ids[:, 1:][scored], chunk_size=end - start))
+        token_rows.append(rows.unsqueeze(1).expand_as(scored)[scored])
+    totals = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    if not token_values:
+        return totals
+    return totals.index_add(0, torch.cat(token_rows), torch.cat(token_values))
 
 
 def batched_sequence_logps(
