@@ -65,7 +65,7 @@ def _folder_bytes(folder: Path) -> int:
 
 @dataclass
 class PruneReport:
-    """What :meth:`StageCache.prune` removed (or would remove, in a dry run)."""
+    """Counts of what :meth:`StageCache.prune` removed (or would remove, in a dry run)."""
 
     entries: dict[str, int] = field(default_factory=dict)
     temp_folders: int = 0
@@ -114,7 +114,8 @@ class StageCache:
         """Yield a temporary folder to fill; it becomes the entry only if the block succeeds."""
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-{os.getpid()}@{_host_name()}-", dir=final.parent))
+        prefix = f".{key[:12]}-{os.getpid()}@{_host_name()}-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
         try:
             yield staging
             marker = {"stage": stage, "key": key, "inputs": inputs or {}, "created": time.time()}
@@ -176,8 +177,8 @@ class StageCache:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     def _entries(self, stage_dir: Path) -> list[Path]:
-        # The glob skips temporary folders: their names start with a dot, and only a
-        # folder named exactly like its key is an entry.
+        # pathlib's "*" also matches names that start with a dot, so the glob finds
+        # temporary folders too. Only a folder named exactly like its key is an entry.
         return [
             marker.parent for marker in stage_dir.glob(f"*/*/{COMPLETE_MARKER}")
             if not marker.parent.name.startswith(".")
@@ -194,7 +195,8 @@ class StageCache:
         report: dict[str, dict[str, int]] = {}
         for stage_dir in self._stage_dirs():
             entries = self._entries(stage_dir)
-            report[stage_dir.name] = {"entries": len(entries), "bytes": sum(_folder_bytes(e) for e in entries)}
+            size = sum(_folder_bytes(entry) for entry in entries)
+            report[stage_dir.name] = {"entries": len(entries), "bytes": size}
         return report
 
     def _is_orphan(self, folder: Path, now: float, temp_max_age: float) -> bool:

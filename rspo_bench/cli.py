@@ -37,10 +37,14 @@ DataDirOption = Annotated[
 TrackingOption = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow tracking URI; default: sqlite:///WORKDIR/mlruns.db.")
 ]
-CacheDirOption = Annotated[Path | None, typer.Option("--cache-dir", help="Stage cache folder; default: WORKDIR/cache.")]
+CacheDirOption = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Stage cache folder; default: WORKDIR/cache.")
+]
 StorageOption = Annotated[
     str | None,
-    typer.Option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db; default: SQLite in WORKDIR."),
+    typer.Option(
+        "--storage", help="Optuna storage URL, e.g. postgresql://user@host/db; default: SQLite in WORKDIR."
+    ),
 ]
 
 
@@ -76,7 +80,8 @@ def _parse_devices(devices: str | None) -> tuple[str, ...]:
         return ()
     items = tuple(item.strip() for item in devices.split(",") if item.strip())
     if not items:
-        console.print(f"[red]invalid --devices[/red] {devices!r}: expected device ids such as 0,1", highlight=False)
+        console.print(f"[red]invalid --devices[/red] {devices!r}: expected device ids such as 0,1",
+                      highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT)
     return items
 
@@ -97,44 +102,48 @@ def sweep(
              "one after another in this process.",
     )] = 0,
     devices: Annotated[str | None, typer.Option(
-        "--devices", help="Comma-separated device ids; worker i gets CUDA_VISIBLE_DEVICES=devices[i mod count].",
+        "--devices",
+        help="Comma-separated device ids; worker i gets CUDA_VISIBLE_DEVICES=devices[i mod count].",
     )] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue an existing study and fail when there is none. Without it an existing study "
-                         "of the same name is continued too; completed trials never run again.",
+        "--resume",
+        help="Continue an existing study and fail when there is none. Without it an existing study "
+             "of the same name is continued too; completed trials never run again.",
     )] = False,
 ) -> None:
     """Run a sweep (grid or Optuna search): self-play training and AlpacaEval-2 evaluation of each trial.
 
     Several `rspo-bench sweep` processes with the same --storage (PostgreSQL
     for several machines) work on one study and never run a trial twice. The
-    report is written by the process that sees the last trial finish.
+    report is written by the process that finds the last trial finished.
     """
     from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
 
     experiment = _load_or_exit(config)
     if devices is not None and workers == 0:
-        console.print("[red]--devices needs --workers N[/red]: trials run in this process otherwise", highlight=False)
+        console.print("[red]--devices needs --workers N[/red]: trials run in this process otherwise",
+                      highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT)
     options = SweepOptions(workers=workers, devices=_parse_devices(devices), resume=resume)
     paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, storage=storage, cache_dir=cache_dir)
     formats = tuple(item.strip() for item in report_format.split(",") if item.strip())
     try:
-        result = run_sweep(experiment, paths, data_dir=data_dir, report_formats=formats, report_dir=report_dir,
-                           options=options)
+        result = run_sweep(experiment, paths, data_dir=data_dir, report_formats=formats,
+                           report_dir=report_dir, options=options)
     except DataFileNotFoundError as error:
         console.print(f"[red]missing data[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     except SweepSetupError as error:
         console.print(f"[red]cannot start the sweep[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
-    _print_sweep_result(result, workdir)
+    _print_sweep_result(result, workdir, experiment.sweep.objectives[0])
     if result.failed:
         raise typer.Exit(1)
 
 
-def _print_sweep_result(result, workdir: Path) -> None:
-    label = "LC win rate (proxy judge)"
+def _print_sweep_result(result, workdir: Path, objective: str = "lc_win_rate") -> None:
+    label = {"lc_win_rate": "LC win rate (proxy judge)", "win_rate": "win rate (proxy judge)",
+             "avg_length": "avg length (chars)"}.get(objective, objective)
     table = Table(title=f"sweep {result.name}: {result.seconds:.0f} s")
     table.add_column("trial")
     table.add_column("state")
@@ -144,7 +153,8 @@ def _print_sweep_result(result, workdir: Path) -> None:
     for key, value in result.skipped.items():
         table.add_row(key, "already complete", f"{value:.2f}")
     for key, value in result.pruned.items():
-        table.add_row(key, "[yellow]pruned[/yellow]", "" if value is None else f"{value:.2f} (last iteration)")
+        last_value = "" if value is None else f"{value:.2f} (last iteration)"
+        table.add_row(key, "[yellow]pruned[/yellow]", last_value)
     for key, message in result.failed.items():
         table.add_row(key, "[red]failed[/red]", message[:80])
     Console().print(table)
@@ -165,7 +175,7 @@ def sweep_status(
     workdir: WorkdirOption = Path("runs"),
     storage: StorageOption = None,
 ) -> None:
-    """Print a sweep's trials by state, the best trial so far and the Pareto front, from its Optuna storage."""
+    """Print a sweep's trials by state, the best trial so far and the Pareto front from its Optuna storage."""
     from .sweeps.runner import SweepPaths
     from .sweeps.status import StudyNotFoundError, collect_status, format_values
 
@@ -184,18 +194,23 @@ def sweep_status(
     out.print(f"study {status.study_name} in {status.storage}: {counts}")
     if status.closed:
         out.print(f"({status.closed} trials closed without running are not counted)")
-    objectives = " / ".join(f"{name} ({direction})" for name, direction in zip(status.objectives, status.directions))
+    pairs = zip(status.objectives, status.directions, strict=False)
+    objectives = " / ".join(f"{name} ({direction})" for name, direction in pairs)
     table = Table(title=f"trials; objectives: {objectives}")
     for column in ("#", "trial", "state", "values", "last reported", "seconds", "retry of"):
         table.add_column(column)
     for row in status.trials:
-        last = "" if row.last_intermediate is None else f"{row.last_intermediate[1]:.2f} @ iter {row.last_intermediate[0]}"
+        last = ""
+        if row.last_intermediate is not None:
+            last = f"{row.last_intermediate[1]:.2f} @ iter {row.last_intermediate[0]}"
         table.add_row(str(row.number), row.key, row.state.lower(), format_values(row.values), last,
                       "" if row.seconds is None else f"{row.seconds:.0f}",
                       "" if row.retry_of is None else f"#{row.retry_of}")
     out.print(table)
     title = "best trial" if len(status.directions) == 1 else "Pareto front"
-    front = "; ".join(f"{row.key} (#{row.number}: {format_values(row.values)})" for row in status.pareto_front)
+    front = "; ".join(
+        f"{row.key} (#{row.number}: {format_values(row.values)})" for row in status.pareto_front
+    )
     out.print(f"{title}: {front or 'no complete trial yet'}")
     out.print(f"optuna-dashboard reads the same storage: optuna-dashboard {status.storage}")
 
@@ -303,9 +318,12 @@ def cache_prune(
     cache_dir: CacheDirOption = None,
     older_than: Annotated[float | None, typer.Option(
         "--older-than", min=0, help="Also remove entries not used for this many days.")] = None,
-    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage (e.g. policy, samples).")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Only this stage (e.g. policy, samples).")
+    ] = None,
     keep_sweep: Annotated[list[str] | None, typer.Option(
-        "--keep-sweep", help="Keep every entry a trial of this sweep used; repeat for several sweeps.")] = None,
+        "--keep-sweep",
+        help="Keep every entry a trial of this sweep used; repeat for several sweeps.")] = None,
     temp_older_than: Annotated[float, typer.Option(
         "--temp-older-than", min=0,
         help="Hours after which another host's temporary folder counts as abandoned; on this host a "
@@ -318,7 +336,8 @@ def cache_prune(
     cache = StageCache(cache_dir or workdir / "cache")
     known = set(cache.size_report())
     if stage is not None and stage not in known:
-        console.print(f"[red]unknown stage[/red] {stage!r}; stages in {cache.root}: {sorted(known)}", highlight=False)
+        console.print(f"[red]unknown stage[/red] {stage!r}; stages in {cache.root}: {sorted(known)}",
+                      highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT)
     report = cache.prune(older_than_days=older_than, stage=stage, keep_sweeps=keep_sweep or (),
                          temp_max_age_hours=temp_older_than, dry_run=dry_run)

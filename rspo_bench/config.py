@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .methods.base_losses import base_loss_class
 from .methods.regularizers import regularizer_class
@@ -190,7 +198,9 @@ class VariantConfig(StrictModel):
 
 
 # Directions are fixed per metric: a search never maximizes length.
-OBJECTIVE_DIRECTIONS: dict[str, str] = {"lc_win_rate": "maximize", "win_rate": "maximize", "avg_length": "minimize"}
+OBJECTIVE_DIRECTIONS: dict[str, str] = {
+    "lc_win_rate": "maximize", "win_rate": "maximize", "avg_length": "minimize",
+}
 ObjectiveName = Literal["lc_win_rate", "win_rate", "avg_length"]
 
 
@@ -200,7 +210,9 @@ class TPESamplerConfig(StrictModel):
     kind: Literal["tpe"] = "tpe"
     seed: int | None = Field(None, description="None uses the experiment seed.")
     n_startup_trials: int = Field(10, ge=0, description="Trials sampled at random before TPE takes over.")
-    n_ei_candidates: int = Field(24, ge=1, description="Candidates scored by expected improvement per suggestion.")
+    n_ei_candidates: int = Field(
+        24, ge=1, description="Candidates scored by expected improvement for each sampled value."
+    )
     multivariate: bool = Field(True, description="Model the parameters jointly instead of one by one.")
     group: bool = Field(
         True, description="Split the conditional search space into groups of parameters sampled together."
@@ -212,7 +224,7 @@ class TPESamplerConfig(StrictModel):
     @model_validator(mode="after")
     def _group_needs_multivariate(self) -> TPESamplerConfig:
         if self.group and not self.multivariate:
-            raise ValueError("group: true needs multivariate: true (Optuna's TPESampler rejects it otherwise)")
+            raise ValueError("group: true needs multivariate: true (Optuna's TPESampler rejects it)")
         return self
 
 
@@ -240,13 +252,15 @@ SamplerConfig = Annotated[
 
 
 class MedianPrunerConfig(StrictModel):
-    """Optuna's MedianPruner: stop a trial whose value at an iteration is below the median of finished trials."""
+    """Optuna's MedianPruner: stop a trial whose value at an iteration is below finished trials' median."""
 
     kind: Literal["median"] = "median"
     n_startup_trials: int = Field(5, ge=0, description="Finished trials needed before any trial is pruned.")
     n_warmup_steps: int = Field(0, ge=0, description="Iterations below this number are never pruned.")
     interval_steps: int = Field(1, ge=1, description="Check every this many iterations.")
-    n_min_trials: int = Field(1, ge=1, description="Finished trials with a value at the iteration needed to compare.")
+    n_min_trials: int = Field(
+        1, ge=1, description="Finished trials with a value at the iteration needed before comparing."
+    )
 
 
 class SuccessiveHalvingPrunerConfig(StrictModel):
@@ -254,7 +268,7 @@ class SuccessiveHalvingPrunerConfig(StrictModel):
 
     kind: Literal["successive_halving"] = "successive_halving"
     min_resource: int = Field(1, ge=1, description="Iterations every trial runs before its first rung.")
-    reduction_factor: int = Field(2, ge=2, description="Keep the top 1/reduction_factor of trials at each rung.")
+    reduction_factor: int = Field(2, ge=2, description="Keep the top 1/reduction_factor of trials per rung.")
     min_early_stopping_rate: int = Field(0, ge=0)
     bootstrap_count: int = Field(0, ge=0, description="Trials that must reach a rung before it prunes.")
 
@@ -281,7 +295,9 @@ class ParamRange(StrictModel):
     regularizer: str | None = Field(
         None, description="Name or label of one of the variant's regularizers; None tunes the variant's beta."
     )
-    name: str = Field(description="'weight' or a key of the regularizer's params (e.g. clip); 'beta' without one.")
+    name: str = Field(
+        description="'weight' or a key of the regularizer's params (e.g. clip); 'beta' without a regularizer."
+    )
     low: float
     high: float
     log: bool = Field(False, description="Sample log-uniformly (needs low > 0).")
@@ -298,7 +314,7 @@ class ParamRange(StrictModel):
 
 
 class VariantSearchConfig(StrictModel):
-    """What an ``optuna`` sweep samples once it has chosen this variant."""
+    """Search ranges of one variant in an ``optuna`` sweep, sampled in the trials that choose it."""
 
     coef: CoefRange | None = Field(None, description="λ range; None chooses among the variant's coefs.")
     params: list[ParamRange] = Field(default_factory=list)
@@ -314,14 +330,16 @@ class RetryConfig(StrictModel):
     )
     heartbeat_interval: int = Field(20, ge=1, description="Seconds between heartbeats of a running trial.")
     grace_period: int = Field(
-        120, ge=2, description="Seconds without a heartbeat after which any worker fails the trial and retries it."
+        120, ge=2,
+        description="Seconds without a heartbeat after which any worker fails the trial and retries it.",
     )
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> RetryConfig:
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError(
-                f"grace_period ({self.grace_period} s) must exceed heartbeat_interval ({self.heartbeat_interval} s)"
+                f"grace_period ({self.grace_period} s) must exceed "
+                f"heartbeat_interval ({self.heartbeat_interval} s)"
             )
         return self
 
@@ -352,7 +370,9 @@ class SweepConfig(StrictModel):
     pruner: PrunerConfig | None = Field(
         None, description="Stop weak trials between self-play iterations (single objective only)."
     )
-    search: dict[str, VariantSearchConfig] = Field(default_factory=dict, description="optuna: per-variant ranges.")
+    search: dict[str, VariantSearchConfig] = Field(
+        default_factory=dict, description="optuna: ranges per variant name."
+    )
     retry: RetryConfig = RetryConfig()
 
     @model_validator(mode="after")
@@ -403,7 +423,9 @@ class SweepConfig(StrictModel):
             return search
         for name, entry in search.items():
             if name not in variants:
-                raise ValueError(f"search names variant {name!r}, which is not in sweep.variants {sorted(variants)}")
+                raise ValueError(
+                    f"search names variant {name!r}, which is not in sweep.variants {sorted(variants)}"
+                )
             terms = variants[name].regularizers
             for param in entry.params:
                 if param.regularizer is None:
@@ -415,7 +437,9 @@ class SweepConfig(StrictModel):
                         f"has {labels or 'no regularizers'}"
                     )
             if entry.coef is not None and not terms:
-                raise ValueError(f"search.{name}.coef is set, but variant {name!r} has no regularizer to weight")
+                raise ValueError(
+                    f"search.{name}.coef is set, but variant {name!r} has no regularizer to weight"
+                )
         return search
 
 

@@ -76,7 +76,7 @@ def is_finished(status: str | None) -> bool:
 
 
 class _DisabledClient:
-    """Stands in for MlflowClient on ranks other than 0: every method accepts its arguments and does nothing."""
+    """Replacement of MlflowClient on ranks other than 0: every method call does nothing."""
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
@@ -110,7 +110,10 @@ class SweepTracker:
         tracker.tracking_uri = tracking_uri
         tracker.sweep = sweep
         tracker.enabled = is_main_process()
-        tracker.client = mlflow.MlflowClient(tracking_uri=tracking_uri) if tracker.enabled else _DisabledClient()
+        if tracker.enabled:
+            tracker.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        else:
+            tracker.client = _DisabledClient()
         tracker.experiment_id = ""
         tracker.parent_run_id = parent_run_id
         return tracker
@@ -177,7 +180,9 @@ class SweepTracker:
         run = self.client.create_run(self.experiment_id, run_name=trial, tags=all_tags)
         return run.info.run_id, None
 
-    def close_orphaned_runs(self, live_trials: set[str], finished: dict[str, tuple[str, str]]) -> dict[str, str]:
+    def close_orphaned_runs(
+        self, live_trials: set[str], finished: dict[str, tuple[str, str]]
+    ) -> dict[str, str]:
         """Terminate child runs left RUNNING by dead processes; return {trial key: status set}.
 
         ``live_trials`` are keys a live worker is running (left alone). ``finished``
@@ -247,7 +252,7 @@ class SweepTracker:
         self._log_metric_items(run_id, items)
 
     def finish(self, run_id: str, status: str = "FINISHED", state: str | None = None) -> None:
-        """Terminate a run; ``state`` (complete, pruned, failed, interrupted) goes into the ``rspo.state`` tag."""
+        """Terminate a run; ``state`` (complete, pruned, failed, interrupted) goes into tag ``rspo.state``."""
         if state is not None:
             self.client.set_tag(run_id, STATE_TAG, state)
         self.client.set_terminated(run_id, status=status)
@@ -265,7 +270,7 @@ class SweepTracker:
 class SystemMonitor:
     """Samples this process's CPU use and resident memory from a thread while a trial runs.
 
-    Each sample holds ``seconds`` (since start), ``time`` (epoch), ``cpu_percent``
+    Each sample contains ``seconds`` (since start), ``time`` (epoch), ``cpu_percent``
     (of one core, so up to 100 × cores) and ``rss_mib``; ``peak_rss_mib`` is the
     maximum over the samples. Children of the process are not included.
     """

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from rspo_bench.config import parse_config
 from rspo_bench.sweeps import optuna_search as search
 from rspo_bench.sweeps import runner
-from rspo_bench.sweeps.runner import SweepOptions, SweepPaths, run_sweep
+from rspo_bench.sweeps.runner import SweepPaths, run_sweep
 from tests.test_sweep_engine import FakeExecutor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def test_concurrent_fake_workers_run_each_point_once(postgres, tmp_path):
     children = mlflow_children(postgres.url("mlflow"), "fakegrid")
     assert sorted(run.data.tags["rspo.trial"] for run in children) == sorted(keys)
     assert {run.info.status for run in children} == {"FINISHED"}
-    workers_used = Counter(trial.user_attrs["pid"] for trial in study.trials)
+    workers_used = Counter(trial.user_attrs[search.WORKER_ATTR]["pid"] for trial in study.trials)
     assert len(workers_used) >= 2, f"one process ran every trial: {workers_used}"
 
 
@@ -181,7 +181,7 @@ def test_stale_trial_of_other_host_retried(postgres):
     study.enqueue_trial({"trial": "sppo-0"}, user_attrs={search.KEY_ATTR: "sppo-0"})
     trial = search.claim_waiting(study, storage)
     trial.suggest_categorical("trial", ["sppo-0"])
-    trial.set_user_attr("host", "another-machine/12345678")
+    trial.set_user_attr(search.WORKER_ATTR, {"host": "another-machine/12345678", "pid": 1, "token": "t"})
     storage.record_heartbeat(trial._trial_id)
     assert search.fail_dead_trials(study, storage, set(), retry.grace_period) == []
     time.sleep(retry.grace_period + 1.5)

@@ -463,12 +463,12 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_against_tracking_server(mlflow_server, tmp_path, mini_config, data_dir):
-    """A real sweep, trials in subprocesses, logging over HTTP to an `mlflow server` started by the test."""
+    """A real sweep, two trials at a time in subprocesses, logging over HTTP to an `mlflow server`."""
     config = mini_config("served", "    - name: sppo\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RSPO_BENCH_PROGRESS": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "rspo_bench.cli", "sweep", str(config), "--workdir", str(tmp_path / "runs"),
-         "--tracking-uri", mlflow_server, "--workers", "1", "--report-dir", str(tmp_path / "report")],
+         "--tracking-uri", mlflow_server, "--workers", "2", "--report-dir", str(tmp_path / "report")],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]

@@ -18,7 +18,7 @@ class TrialReporter(Protocol):
     """Receives a trial's intermediate metrics; the sweep engine uses them to prune weak trials."""
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
-        """Record the metrics after self-play iteration ``step``; raise ``optuna.TrialPruned`` to stop the trial."""
+        """Record the metrics after self-play iteration ``step``; raises ``optuna.TrialPruned`` to stop."""
 
 
 class TrialExecutor(Protocol):
@@ -27,11 +27,13 @@ class TrialExecutor(Protocol):
     def tags(self, spec: TrialSpec) -> dict[str, str]:
         """Return the MLflow tags that describe how this trial is judged and on which data."""
 
-    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None) -> float:
+    def run(
+        self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None
+    ) -> float:
         """Run the trial, log into ``run_id`` and return the sweep objective (LC win rate).
 
         Executors that evaluate between iterations pass the metrics of each to
-        ``reporter``. The engine passes a reporter only when the config asks for
+        ``reporter``. The engine passes a reporter only when the config requests
         per-iteration evaluation or pruning, so executors without that feature
         may keep the three-argument signature.
         """
@@ -81,7 +83,9 @@ class TinyExecutor:
         config = self.world.config
         return config.evaluation.alpaca_eval2.every_iteration or config.sweep.pruner is not None
 
-    def run(self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None) -> float:
+    def run(
+        self, spec: TrialSpec, tracker: SweepTracker, run_id: str, reporter: TrialReporter | None = None
+    ) -> float:
         from ..evals.pipeline import evaluate_alpaca_eval2
 
         world = self.world
@@ -106,7 +110,9 @@ class TinyExecutor:
         return float(metrics["lc_win_rate"])
 
     @staticmethod
-    def _selfplay(world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str, only_iteration: int | None = None):
+    def _selfplay(
+        world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str, only_iteration: int | None = None
+    ):
         from ..selfplay import run_selfplay
 
         def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
@@ -128,9 +134,11 @@ class TinyExecutor:
         for iteration in range(1, world.config.selfplay.iterations + 1):
             view = _IterationLimitedWorld(world, iteration)
             policy = self._selfplay(view, spec, tracker, run_id, only_iteration=iteration)
-            result = evaluate_alpaca_eval2(world, policy, generator=f"{world.config.name}/{spec.key}/iter{iteration}")
+            generator = f"{world.config.name}/{spec.key}/iter{iteration}"
+            result = evaluate_alpaca_eval2(world, policy, generator=generator)
             metrics = {f"alpaca_eval2/{name}": float(result.metrics[name]) for name in EVAL_METRICS}
-            tracker.log_metrics(run_id, {f"eval_iter/{name}": value for name, value in metrics.items()}, step=iteration)
+            per_iteration = {f"eval_iter/{name}": value for name, value in metrics.items()}
+            tracker.log_metrics(run_id, per_iteration, step=iteration)
             logger.info("trial %s: iteration %d LC win rate %.2f", spec.key, iteration,
                         metrics["alpaca_eval2/lc_win_rate"])
             if reporter is not None:

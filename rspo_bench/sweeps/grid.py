@@ -14,8 +14,8 @@ BASE_TRIAL = "base"
 class TrialSpec:
     """One trial: a variant at one coefficient, or the base policy (``variant is None``).
 
-    ``params`` holds the values an Optuna search sampled for the trial (empty for
-    grid trials); they are already applied to ``variant`` and ``coef``.
+    ``params`` contains the values an Optuna search sampled for the trial (empty
+    for grid trials). They are already applied to ``variant`` and ``coef``.
     """
 
     key: str
@@ -62,7 +62,7 @@ def expand_grid(sweep: SweepConfig) -> list[TrialSpec]:
 
 
 def enqueued_trials(sweep: SweepConfig) -> list[TrialSpec]:
-    """Return the trials queued by key before any is sampled: the whole grid, or an Optuna search's base trial."""
+    """Return the trials queued by key: the whole grid, or an Optuna search's base trial."""
     if sweep.kind == "grid":
         return expand_grid(sweep)
     return [TrialSpec(BASE_TRIAL, None, 0.0)] if sweep.include_base else []
@@ -75,4 +75,5 @@ def describe_trials(sweep: SweepConfig) -> str:
         return f"{len(trials)} trials: {', '.join(t.key for t in trials)}"
     base = " + the base trial" if sweep.include_base else ""
     names = ", ".join(variant.name for variant in sweep.variants)
-    return f"Optuna search, {sweep.n_trials} trials{base} over variants {names}; objectives {sweep.objectives}"
+    objectives = ", ".join(sweep.objectives)
+    return f"Optuna search, {sweep.n_trials} trials{base} over variants {names}; objectives {objectives}"

@@ -1,10 +1,12 @@
 """The Optuna side of a sweep: samplers, pruners, the search space and the Pareto front.
 
-Parameter names in the study: ``variant`` (categorical over the variant names),
-``<variant>/coef`` (log-uniform over ``search.<variant>.coef``, or categorical
-over the variant's ``coefs`` when it lists more than one) and
-``<variant>/<regularizer>.<name>`` (or ``<variant>/beta``) for the conditional
-parameters, suggested only in the trials that choose that variant.
+Parameter names in the study:
+
+- ``variant``: categorical over the variant names;
+- ``<variant>/coef``: log-uniform over ``search.<variant>.coef``, or categorical
+  over the variant's ``coefs`` when it lists more than one;
+- ``<variant>/<regularizer>.<name>`` or ``<variant>/beta``: the conditional
+  parameters, suggested only in the trials that choose that variant.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import socket
 import threading
@@ -55,21 +58,30 @@ def directions(sweep: SweepConfig) -> list[str]:
     return [OBJECTIVE_DIRECTIONS[name] for name in sweep.objectives]
 
 
+def objective_metric(name: str) -> str:
+    """Return the MLflow key of an objective: ``alpaca_eval2/<name>``, or the name itself when it has a '/'."""
+    return name if "/" in name else FINAL_METRIC_PREFIX + name
+
+
 def objective_values(sweep: SweepConfig, metrics: dict[str, float]) -> list[float]:
-    """Pick the objectives from a trial's final metrics (keys ``alpaca_eval2/<objective>``)."""
-    missing = [name for name in sweep.objectives if FINAL_METRIC_PREFIX + name not in metrics]
+    """Pick the objectives from a trial's final metrics."""
+    missing = [name for name in sweep.objectives if objective_metric(name) not in metrics]
     if missing:
-        raise KeyError(f"the trial logged no final metric for objectives {missing}; logged: {sorted(metrics)}")
-    return [float(metrics[FINAL_METRIC_PREFIX + name]) for name in sweep.objectives]
+        raise KeyError(
+            f"the trial logged no final metric for objectives {missing}; logged: {sorted(metrics)}"
+        )
+    return [float(metrics[objective_metric(name)]) for name in sweep.objectives]
 
 
-def build_sampler(sweep: SweepConfig, default_seed: int) -> tuple[optuna.samplers.BaseSampler, dict[str, Any]]:
+def build_sampler(
+    sweep: SweepConfig, default_seed: int
+) -> tuple[optuna.samplers.BaseSampler, dict[str, Any]]:
     """Return the sweep's sampler and the constructor arguments it was built with.
 
     Grid trials are all enqueued with fixed parameters, so a grid study's sampler
-    never samples; a seeded RandomSampler stands in. (GridSampler would call
+    never samples, and a seeded RandomSampler is used. GridSampler would call
     ``study.stop()`` from ``tell`` once its grid looks exhausted, which raises
-    outside ``study.optimize``.)
+    outside ``study.optimize``.
     """
     settings = sweep.sampler or TPESamplerConfig()
     seed = default_seed if settings.seed is None else settings.seed
@@ -185,12 +197,14 @@ def pareto_front(study: optuna.Study, sweep: SweepConfig) -> list[dict[str, Any]
 
 TRIAL_PARAM = "trial"
 KEY_ATTR = "rspo.trial_key"
-# Trials closed without running (a duplicate, or a key no longer in the grid) carry this
-# user attribute with the reason; counts and reports leave them out.
+# A trial closed without running (a duplicate, or a key no longer in the grid) gets this
+# user attribute with the reason. Counts and reports leave such trials out.
 CLOSED_ATTR = "rspo.closed"
 # One token per process, so a worker can tell its own running trials from those of a
 # dead process that had the same pid (pids restart from 1 in a new container).
 WORKER_TOKEN = uuid.uuid4().hex
+# User attribute of a running trial: {"host", "pid", "pid_started", "token"} of its worker.
+WORKER_ATTR = "rspo.worker"
 _ASK_HEARTBEAT_WARNING = "Heartbeat of storage is supposed to be used with Study.optimize."
 
 
@@ -201,6 +215,12 @@ def host_id() -> str:
     except OSError:
         boot = "noboot"
     return f"{socket.gethostname()}/{boot}"
+
+
+def worker_identity() -> dict[str, Any]:
+    """Return this worker's identity, stored with each trial it claims."""
+    return {"host": host_id(), "pid": os.getpid(), "pid_started": psutil.Process().create_time(),
+            "token": WORKER_TOKEN}
 
 
 def make_storage(url: str, retry: RetryConfig) -> optuna.storages.RDBStorage:
@@ -259,13 +279,12 @@ class StudyLock:
                 import sqlalchemy
 
                 with self._engine.connect() as connection:
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._advisory_key})
+                    key = {"key": self._advisory_key}
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
                     try:
                         yield
                     finally:
-                        connection.execute(
-                            sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._advisory_key}
-                        )
+                        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
                 return
             if self._lock_file is not None:
                 self._lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -305,18 +324,18 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _worker_alive(trial: FrozenTrial, own_trial_ids: set[int], grace_period: float) -> bool:
-    attrs = trial.user_attrs
-    if "host" not in attrs:
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    if not isinstance(worker, dict):
         # Claimed but its worker never wrote who it is: dead once older than the grace period.
         started = trial.datetime_start
         return started is None or (datetime.now() - started).total_seconds() <= grace_period
-    if attrs.get("worker") == WORKER_TOKEN:
+    if worker.get("token") == WORKER_TOKEN:
         return trial._trial_id in own_trial_ids
-    if attrs.get("host") != host_id():
+    if worker.get("host") != host_id():
         return True  # another machine: its heartbeats decide
     try:
-        process = psutil.Process(int(attrs.get("pid", -1)))
-        started = float(attrs.get("pid_started", process.create_time()))
+        process = psutil.Process(int(worker.get("pid", -1)))
+        started = float(worker.get("pid_started", process.create_time()))
         return abs(process.create_time() - started) < 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
@@ -326,10 +345,10 @@ def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, o
                      grace_period: float) -> list[int]:
     """Fail RUNNING trials whose worker is gone and queue their retries; return the failed trial numbers.
 
-    Heartbeats catch dead workers on any machine after the grace period; on this
-    host a worker's pid (with its start time) shows at once that it is gone.
-    Both paths go through the storage's compare-and-set, so of several workers
-    that notice the same dead trial only one fails it and queues one retry.
+    Heartbeats catch dead workers on any machine after the grace period. On this
+    host a worker's pid and its start time show at once that it is gone. Both
+    paths go through the storage's compare-and-set, so when several workers
+    notice the same dead trial, only one fails it and queues one retry.
     """
     failed: list[int] = []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}

@@ -10,12 +10,13 @@ other trials with ``study.ask()`` under the same lock, which keeps the count
 at ``n_trials``.
 
 Crash safety. Each running trial records heartbeats from a thread. A worker
-that dies leaves its trial RUNNING; the next worker to look (at start and
-before every claim) fails it, at once when the dead worker ran on the same
-host and otherwise after ``sweep.retry.grace_period``, and queues a retry with
-the same parameters and MLflow run, at most ``sweep.retry.max_retry`` times.
-An MLflow run left RUNNING is closed or, when its trial is retried, reopened.
-A trial that raised an error is not retried until the sweep is started again.
+that dies leaves its trial RUNNING. The next worker to look (at start and
+before every claim) fails that trial and queues a retry with the same
+parameters and MLflow run, at most ``sweep.retry.max_retry`` times. It does so
+at once when the dead worker ran on the same host, and otherwise after
+``sweep.retry.grace_period`` without a heartbeat. An MLflow run left RUNNING
+is closed or, when its trial is retried, reopened. A trial that raised an
+error is not retried until the sweep is started again.
 
 Starting a sweep again (with or without ``--resume``) reuses the study of
 the same name: completed trials are skipped, failed ones run again.
@@ -24,7 +25,6 @@ the same name: completed trials are skipped, failed ones run again.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 from optuna.trial import TrialState
 
 from .. import data as data_module
@@ -80,10 +79,10 @@ class SweepPaths:
 
 @dataclass
 class SweepOptions:
-    """How this process runs trials.
+    """Settings for running trials in this process.
 
-    ``workers = 0`` runs trials one after another inside this process (the
-    world stays loaded between trials); ``workers = N`` keeps N trial
+    ``workers = 0`` runs trials one after another inside this process, so the
+    world stays loaded between trials. ``workers = N`` keeps N trial
     subprocesses running, the i-th pinned to ``devices[i % len(devices)]``.
     """
 
@@ -103,6 +102,7 @@ class SweepResult:
     failed: dict[str, str] = field(default_factory=dict)
     pruned: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
+    setup_seconds: float = 0.0
     trial_seconds: float = 0.0
     tracking_uri: str = ""
     report: dict[str, Path] = field(default_factory=dict)
@@ -158,7 +158,8 @@ class _Heartbeat:
             except Exception as error:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
                 failures += 1
                 if failures in (1, 10, 100):
-                    logger.warning("heartbeat of trial id %d failed (%d in a row): %s", self._trial_id, failures, error)
+                    logger.warning("heartbeat of trial id %d failed (%d in a row): %s",
+                                   self._trial_id, failures, error)
 
 
 class SweepEngine:
@@ -178,6 +179,7 @@ class SweepEngine:
         self.specs = {spec.key: spec for spec in enqueued_trials(self.sweep)}
         self.per_iteration = per_iteration_evaluation(config)
         self.own_trial_ids: set[int] = set()
+        self.worker = search.worker_identity()
         self.result = SweepResult(name=config.name, tracking_uri=paths.tracking_uri)
         self.stopping = threading.Event()
         self._result_lock = threading.Lock()
@@ -189,16 +191,18 @@ class SweepEngine:
 
     def open(self) -> None:
         """Open the study and the MLflow runs, recover from dead workers and enqueue the keyed trials."""
+        started = time.perf_counter()
         with self.lock.hold():
             # Under the lock, so workers starting together on an empty database do not race
             # to create Optuna's (and then MLflow's) tables.
             self.storage = search.make_storage(self.paths.storage, self.sweep.retry)
             self.study = self._open_study()
             self.tracker = self._open_tracker()
-            search.fail_dead_trials(self.study, self.storage, self.own_trial_ids, self.sweep.retry.grace_period)
+            self._fail_dead_trials()
             self._close_orphaned_runs()
             self._enqueue_missing()
         self._log_done_before()
+        self.result.setup_seconds = time.perf_counter() - started
 
     def _open_study(self) -> optuna.Study:
         name, storage_url = self.config.name, redact_url(self.paths.storage)
@@ -207,17 +211,20 @@ class SweepEngine:
         existing = name in optuna.study.get_all_study_names(self.storage)
         if self.options.resume and not existing:
             raise SweepSetupError(
-                f"--resume: no study named {name!r} in {storage_url}; start the sweep without --resume to create it"
+                f"--resume: no study named {name!r} in {storage_url}; "
+                "start the sweep without --resume to create it"
             )
-        wanted = search.directions(self.sweep)
+        expected = search.directions(self.sweep)
         study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner,
-                                    directions=wanted, load_if_exists=True)
+                                    directions=expected, load_if_exists=True)
+
         found = [direction.name.lower() for direction in study.directions]
-        if found != wanted:
+        if found != expected:
             raise SweepSetupError(
-                f"study {name!r} in {storage_url} optimizes {found}, but sweep.objectives {self.sweep.objectives} "
-                f"needs {wanted}; give the experiment another name"
+                f"study {name!r} in {storage_url} optimizes {found}, but sweep.objectives "
+                f"{self.sweep.objectives} needs {expected}; give the experiment another name"
             )
+
         attrs = study.user_attrs
         # Studies written before the kind was recorded were all grids.
         kind = attrs.get("rspo.kind", "grid" if existing else self.sweep.kind)
@@ -230,10 +237,12 @@ class SweepEngine:
             fingerprint = search.search_space_fingerprint(self.sweep)
             if attrs.get("rspo.search_space", fingerprint) != fingerprint:
                 raise SweepSetupError(
-                    f"study {name!r} in {storage_url} was sampled from another search space (sweep.variants, "
-                    "sweep.search or sweep.objectives changed); give the experiment another name to start a new search"
+                    f"study {name!r} in {storage_url} was sampled from another search space "
+                    "(sweep.variants, sweep.search or sweep.objectives changed); "
+                    "give the experiment another name to start a new search"
                 )
             study.set_user_attr("rspo.search_space", fingerprint)
+
         study.set_user_attr("rspo.kind", self.sweep.kind)
         study.set_user_attr("rspo.objectives", self.sweep.objectives)
         study.set_user_attr("rspo.sampler", {**sampler_args, "optuna_version": optuna.__version__})
@@ -306,8 +315,8 @@ class SweepEngine:
                 done += 1
                 value = trials[0].values[0]
                 self.result.skipped[key] = value
-                logger.info("trial %d/%d %s: already complete (%s %.2f), skipping", index, len(self.specs), key,
-                            _objective_label(self.sweep.objectives[0]), value)
+                logger.info("trial %d/%d %s: already complete (%s %.2f), skipping", index, len(self.specs),
+                            key, _objective_label(self.sweep.objectives[0]), value)
         for key, trials in by_key.items():
             if key not in self.specs and any(trial.state == TrialState.COMPLETE for trial in trials):
                 done += 1
@@ -376,7 +385,7 @@ class SweepEngine:
     def _work(self, launcher: InProcessLauncher | SubprocessLauncher) -> None:
         while not self.stopping.is_set():
             with self.lock.hold():
-                search.fail_dead_trials(self.study, self.storage, self.own_trial_ids, self.sweep.retry.grace_period)
+                self._fail_dead_trials()
                 trial = self._claim()
             if trial is None:
                 return
@@ -386,19 +395,21 @@ class SweepEngine:
             finally:
                 self.own_trial_ids.discard(trial._trial_id)
 
+    def _fail_dead_trials(self) -> None:
+        search.fail_dead_trials(self.study, self.storage, self.own_trial_ids, self.sweep.retry.grace_period)
+
     def _claim(self) -> optuna.Trial | None:
         """Take a queued trial, or sample one while the search has budget left; None when nothing is left."""
         trial = search.claim_waiting(self.study, self.storage)
-        if trial is None and self.sweep.kind == "optuna" and search.sampled_slots(self.study) < self.sweep.n_trials:
+        budget_left = self.sweep.kind == "optuna" and search.sampled_slots(self.study) < self.sweep.n_trials
+        if trial is None and budget_left:
             trial = search.ask_sampled(self.study)
         if trial is None:
             return None
+        # Still under the study lock: no other worker checks this trial before it names its worker.
         self.own_trial_ids.add(trial._trial_id)
         self.storage.record_heartbeat(trial._trial_id)
-        process = psutil.Process()
-        for name, value in (("host", search.host_id()), ("pid", os.getpid()),
-                            ("pid_started", process.create_time()), ("worker", search.WORKER_TOKEN)):
-            trial.set_user_attr(name, value)
+        trial.set_user_attr(search.WORKER_ATTR, self.worker)
         return trial
 
     def _spec_for(self, trial: optuna.Trial) -> TrialSpec | None:
@@ -428,7 +439,9 @@ class SweepEngine:
         spec = self._spec_for(trial)
         if spec is None:
             return
-        trial.set_user_attr(search.KEY_ATTR, spec.key)
+        attrs = trial.user_attrs
+        if attrs.get(search.KEY_ATTR) != spec.key:
+            trial.set_user_attr(search.KEY_ATTR, spec.key)
         tags = {
             "rspo.optuna_trial_number": str(trial.number),
             "rspo.optuna_study": self.config.name,
@@ -439,10 +452,12 @@ class SweepEngine:
         run_id, previous = self.tracker.trial_run(spec.key, tags)
         if previous is not None:
             logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
-        trial.set_user_attr("mlflow_run_id", run_id)
+        if attrs.get("mlflow_run_id") != run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
         reporter = None
         if self.per_iteration:
-            reporter = OptunaReporter(trial, self.sweep.objectives[0], single_objective=len(self.sweep.objectives) == 1)
+            single = len(self.sweep.objectives) == 1
+            reporter = OptunaReporter(trial, self.sweep.objectives[0], single_objective=single)
         logger.info("trial %s (Optuna #%d): starts", spec.key, trial.number)
         try:
             outcome = launcher.run(spec, run_id, reporter)
@@ -488,10 +503,10 @@ class SweepEngine:
                 self.result.pruned[spec.key] = value
                 logger.info("trial %s: pruned after %.0f s", spec.key, outcome.seconds)
             return
-        interrupted = self.stopping.is_set()
+        status, state = ("KILLED", "interrupted") if self.stopping.is_set() else ("FAILED", "failed")
         logger.error("trial %s failed: %s", spec.key, outcome.error)
         if self._tell(trial, spec, state=TrialState.FAIL):
-            self.tracker.finish(run_id, "KILLED" if interrupted else "FAILED", "interrupted" if interrupted else "failed")
+            self.tracker.finish(run_id, status, state)
             self.result.failed[spec.key] = outcome.error
 
     # Summary -------------------------------------------------------------------------------
@@ -503,7 +518,9 @@ class SweepEngine:
         self.result.states = dict(sorted(states.items()))
         front = search.pareto_front(self.study, self.sweep)
         self.result.pareto_front = front
-        document = {"objectives": self.sweep.objectives, "directions": search.directions(self.sweep), "trials": front}
+        document = {
+            "objectives": self.sweep.objectives, "directions": search.directions(self.sweep), "trials": front,
+        }
         self.study.set_user_attr("rspo.pareto_front", front)
         parent = self.tracker.parent_run_id
         self.tracker.log_json(parent, "sweep/pareto_front.json", document)
@@ -533,11 +550,13 @@ class SweepEngine:
 
 
 def _objective_label(objective: str) -> str:
-    return {"lc_win_rate": "LC win rate", "win_rate": "win rate", "avg_length": "avg length"}[objective]
+    labels = {"lc_win_rate": "LC win rate", "win_rate": "win rate", "avg_length": "avg length"}
+    return labels.get(objective, objective)
 
 
 def _format_values(objectives: list[str], values: list[float]) -> str:
-    return ", ".join(f"{_objective_label(name)} {value:.2f}" for name, value in zip(objectives, values, strict=True))
+    pairs = zip(objectives, values, strict=True)
+    return ", ".join(f"{_objective_label(name)} {value:.2f}" for name, value in pairs)
 
 
 def run_sweep(
@@ -561,7 +580,9 @@ def run_sweep(
         result = engine.finish()
         if report_formats and result.finished:
             with engine.lock.hold():
-                result.report = write_sweep_report(paths.tracking_uri, [config.name], report_dir, report_formats)
+                result.report = write_sweep_report(
+                    paths.tracking_uri, [config.name], report_dir, report_formats
+                )
         elif report_formats:
             logger.info("report not written while trials run in other workers; "
                         "run `rspo-bench report %s` when they are done", config.name)

@@ -73,14 +73,16 @@ def _row(trial: FrozenTrial) -> TrialRow:
 
 
 def collect_status(storage_url: str, study_name: str) -> SweepStatus:
-    """Read the study ``study_name`` from ``storage_url``; raises StudyNotFoundError naming the studies there."""
+    """Read study ``study_name`` from ``storage_url``; raises StudyNotFoundError naming the studies there."""
     storage = optuna.storages.RDBStorage(storage_url)
+
     names = optuna.study.get_all_study_names(storage)
     if study_name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise StudyNotFoundError(
             f"no study named {study_name!r} in {redact_url(storage_url)}; studies there: {known}"
         )
+
     study = optuna.load_study(study_name=study_name, storage=storage)
     attrs = study.user_attrs
     directions = [direction.name.lower() for direction in study.directions]
@@ -88,6 +90,7 @@ def collect_status(storage_url: str, study_name: str) -> SweepStatus:
     all_trials = study.get_trials(deepcopy=False)
     counted = [trial for trial in all_trials if search.CLOSED_ATTR not in trial.user_attrs]
     states = Counter(trial.state.name for trial in counted)
+
     status = SweepStatus(
         study_name=study_name,
         storage=redact_url(storage_url),
@@ -98,6 +101,7 @@ def collect_status(storage_url: str, study_name: str) -> SweepStatus:
         trials=[_row(trial) for trial in counted],
         user_attrs=dict(attrs),
     )
+
     complete = [trial for trial in counted if trial.state == TrialState.COMPLETE and trial.values]
     if complete:
         best = study.best_trials if len(directions) > 1 else [study.best_trial]

@@ -1,16 +1,16 @@
 """Running one trial: in the sweep process, or in a subprocess of its own.
 
 The sweep worker claims a trial, fixes its parameters and creates its MLflow
-run; then a launcher runs the trial body (:func:`execute_trial`) and returns
+run. Then a launcher runs the trial body (:func:`execute_trial`) and returns
 its outcome. :class:`InProcessLauncher` calls the body directly and keeps the
-world (data, base policy, judge) loaded between trials. :class:`SubprocessLauncher`
-starts ``python -m rspo_bench.sweeps.workers LAUNCH_FILE`` per trial, so the
-memory of a trial goes back to the system when it ends, and pins it to a
-device with ``CUDA_VISIBLE_DEVICES``.
+world (data, base policy, judge) loaded between trials.
+:class:`SubprocessLauncher` starts ``python -m rspo_bench.sweeps.workers
+LAUNCH_FILE`` for each trial, pinned to a device with ``CUDA_VISIBLE_DEVICES``,
+so the memory of a trial goes back to the system when it ends.
 
-Protocol between a worker and its trial process: the launch file (JSON) holds
-the config, the trial spec with its parameters, the MLflow run id and the
-paths. The trial process writes one JSON object per line to the events pipe
+Protocol between a worker and its trial process: the launch file (JSON)
+contains the config, the trial spec with its parameters, the MLflow run id and
+the paths. The trial process writes one JSON object per line to the events pipe
 (``--events-fd``): ``intermediate`` after each self-play iteration, then one
 ``result``. After an ``intermediate`` event it reads ``continue`` or ``prune``
 from stdin. When stdin reaches end of file the worker has died, and the trial
@@ -50,7 +50,7 @@ EXIT_PARENT_GONE = 3
 
 @dataclass
 class TrialOutcome:
-    """How a trial ended: ``complete``, ``pruned`` or ``failed``, with its final metrics or the error."""
+    """Outcome of a trial: ``complete``, ``pruned`` or ``failed``, with its final metrics or the error."""
 
     status: str
     value: float | None = None
@@ -63,7 +63,7 @@ class TrialOutcome:
 
 @dataclass
 class TrialLaunch:
-    """Everything a trial process needs; the same file would be read by every rank of a multi-process trial."""
+    """Everything a trial process needs; every rank of a multi-process trial would read the same file."""
 
     config: dict[str, Any]
     spec: dict[str, Any]
@@ -78,9 +78,9 @@ class TrialLaunch:
 
 
 class OptunaReporter:
-    """Reports a trial's intermediate objective to Optuna and raises TrialPruned when the pruner says so.
+    """Reports a trial's intermediate objective to Optuna and raises TrialPruned when the pruner stops it.
 
-    Optuna prunes single-objective studies only; for several objectives the
+    Optuna prunes single-objective studies only. With several objectives the
     values still reach MLflow, but nothing is reported to the study.
     """
 
@@ -110,7 +110,13 @@ def execute_trial(
     reporter: TrialReporter | None,
     monitor_interval: float,
 ) -> TrialOutcome:
-    """Run the trial body: tags, params and config into the run, then the executor; raise TrialPruned or errors."""
+    """Run the trial body: tags, params and config into the run, then the executor.
+
+    Raises ``optuna.TrialPruned`` when the reporter prunes the trial, and the executor's errors.
+
+    The ``trial/seconds`` metric covers the whole body, from the tags to the executor's return.
+    """
+    started = time.perf_counter()
     tracker.set_tags(run_id, {
         "rspo.variant": spec.variant_name,
         "rspo.coef": f"{spec.coef:g}",
@@ -128,7 +134,6 @@ def execute_trial(
     tracker.log_params(run_id, params)
     tracker.log_text(run_id, "config/resolved.yaml", yaml.safe_dump(trial_config, sort_keys=False))
 
-    started = time.perf_counter()
     monitor = SystemMonitor(monitor_interval)
     try:
         with monitor:
@@ -161,8 +166,10 @@ class InProcessLauncher:
         hits, misses = self.cache.hits, self.cache.misses
         started = time.perf_counter()
         try:
-            outcome = execute_trial(self.executor, self.tracker, spec, self.config, run_id, version=self.version,
-                                    reporter=reporter, monitor_interval=self.monitor_interval)
+            outcome = execute_trial(
+                self.executor, self.tracker, spec, self.config, run_id, version=self.version,
+                reporter=reporter, monitor_interval=self.monitor_interval,
+            )
         except optuna.TrialPruned:
             outcome = TrialOutcome("pruned", seconds=time.perf_counter() - started)
         except KeyboardInterrupt:
@@ -195,25 +202,30 @@ class SubprocessLauncher:
             launch_path = Path(folder) / "launch.json"
             launch_path.write_text(json.dumps(launch.__dict__), encoding="utf-8")
             read_fd, write_fd = os.pipe()
-            command = [sys.executable, "-m", "rspo_bench.sweeps.workers", str(launch_path), "--events-fd", str(write_fd)]
+            command = [sys.executable, "-m", "rspo_bench.sweeps.workers", str(launch_path),
+                       "--events-fd", str(write_fd)]
             try:
-                self._process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env)
+                self._process = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env
+                )
             finally:
                 os.close(write_fd)
             try:
                 outcome = self._follow(spec, read_fd, reporter)
             finally:
-                # Close stdin only after the exit: end of file tells the trial process its worker died.
+                # Close stdin only after the exit, because end of file signals that the worker died.
                 returncode = self._process.wait()
                 self._process.stdin.close()
                 self._process = None
         outcome.seconds = time.perf_counter() - started
         if outcome.status == "complete" and returncode != 0:
-            outcome = TrialOutcome("failed", error=f"trial process exited with code {returncode} after its result")
+            outcome = TrialOutcome(
+                "failed", error=f"trial process exited with code {returncode} after its result"
+            )
         return outcome
 
     def _follow(self, spec: TrialSpec, read_fd: int, reporter: TrialReporter | None) -> TrialOutcome:
-        """Read the trial's events until its result; answer each intermediate report."""
+        """Read the trial's events until its result, and reply to each intermediate report."""
         process = self._process
         assert process is not None and process.stdin is not None
         with os.fdopen(read_fd, "r", encoding="utf-8") as events:
@@ -235,7 +247,9 @@ class SubprocessLauncher:
                         cache_misses=event.get("cache_misses", 0),
                     )
         code = process.wait()
-        return TrialOutcome("failed", error=f"trial process of {spec.key} ended without a result (exit code {code})")
+        return TrialOutcome(
+            "failed", error=f"trial process of {spec.key} ended without a result (exit code {code})"
+        )
 
     def terminate(self) -> None:
         """Stop the running trial process, if any (on Ctrl-C of the worker)."""
@@ -247,7 +261,7 @@ class SubprocessLauncher:
 
 
 class _EventChannel:
-    """The trial process's side of the protocol: events out through a pipe, answers in through stdin."""
+    """The trial process's side of the protocol: events out through a pipe, replies in through stdin."""
 
     def __init__(self, events_fd: int) -> None:
         os.set_inheritable(events_fd, False)
@@ -271,7 +285,7 @@ class _EventChannel:
 
 
 class _PipeReporter:
-    """Sends intermediate metrics to the worker and raises TrialPruned when it answers ``prune``."""
+    """Sends intermediate metrics to the worker and raises TrialPruned when it replies ``prune``."""
 
     def __init__(self, channel: _EventChannel) -> None:
         self.channel = channel
@@ -311,7 +325,9 @@ def _trial_main(launch: TrialLaunch, channel: _EventChannel) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one sweep trial (started by `rspo-bench sweep --workers`).")
+    parser = argparse.ArgumentParser(
+        description="Run one sweep trial (started by `rspo-bench sweep --workers`)."
+    )
     parser.add_argument("launch", type=Path, help="Launch file (JSON) written by the sweep worker.")
     parser.add_argument("--events-fd", type=int, required=True, help="File descriptor of the events pipe.")
     args = parser.parse_args(argv)
