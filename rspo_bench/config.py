@@ -200,8 +200,10 @@ class VariantConfig(StrictModel):
 # Directions are fixed per metric: a search never maximizes length.
 OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "lc_win_rate": "maximize", "win_rate": "maximize", "avg_length": "minimize",
+    # The game world's final metric, logged under its full key.
+    "game/final_duality_gap": "minimize",
 }
-ObjectiveName = Literal["lc_win_rate", "win_rate", "avg_length"]
+ObjectiveName = Literal["lc_win_rate", "win_rate", "avg_length", "game/final_duality_gap"]
 
 
 class TPESamplerConfig(StrictModel):

@@ -154,6 +154,10 @@ def build_executor(config: ExperimentConfig, cache: StageCache, data_dir: str | 
                 f"judge.kind {config.judge.kind!r} is not wired into the tiny world's sweep yet; use 'offline'"
             )
         return TinyExecutor(config, cache, data_dir)
+    if config.world.kind == "game":
+        from .game_executor import GameExecutor
+
+        return GameExecutor(config)
     if config.world.kind == "hf":
         from ..worlds.hf_selfplay import HFWorld
 

@@ -42,6 +42,7 @@ from ..logs import get_logger, setup_logging
 from ..tracking import SweepTracker, SystemMonitor
 from .executors import TrialExecutor, TrialReporter
 from .grid import TrialSpec
+from .optuna_search import objective_metric
 
 logger = get_logger(__name__)
 
@@ -86,7 +87,7 @@ class OptunaReporter:
 
     def __init__(self, trial: optuna.Trial, objective: str, single_objective: bool) -> None:
         self.trial = trial
-        self.objective = f"alpaca_eval2/{objective}"
+        self.objective = objective_metric(objective)
         self.single_objective = single_objective
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
