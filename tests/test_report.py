@@ -238,7 +238,7 @@ def _log_game_sweep(client: mlflow.MlflowClient, root: Path) -> None:
             values = {
                 "game/duality_gap": gap,
                 "game/exploitability": 1.5 * gap,
-                "game/kl_to_reference": 0.4 / (1 + coef) * step / GAME_ITERATIONS,
+                "game/reverse_kl": 0.4 / (1 + coef) * step / GAME_ITERATIONS,
                 "game/expected_length": 100.0 + 5 * step / (1 + coef),
             }
             if variant == "chi_squared":
@@ -597,7 +597,7 @@ def test_game_convergence_uses_log_axis(game_sweep: SweepData) -> None:
 def test_game_metric_panels(game_sweep: SweepData) -> None:
     panels = game_metric_panels(game_sweep.trials)
     assert [panel.metric for panel in panels] == [
-        "game/kl_to_reference",
+        "game/reverse_kl",
         "game/chi_squared",
         "game/expected_length",
         "game/win_rate_vs_reference",

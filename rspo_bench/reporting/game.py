@@ -2,7 +2,7 @@
 
 The game world logs, with ``step = iteration``, the duality gap and the
 exploitability of the current policy (both are 0 at an equilibrium and
-otherwise positive), ``game/kl_to_reference`` and other divergences to the
+otherwise positive), ``game/reverse_kl`` and other divergences to the
 reference policy as ``game/<name>``, and ``game/expected_length``. Its sweep
 objective is the final metric ``game/final_duality_gap``. Any other ``game/*``
 history (for example the diagnostics of rspo_bench.worlds.game.policy_diagnostics
@@ -23,7 +23,7 @@ EXPLOITABILITY = "game/exploitability"
 AVERAGE_DUALITY_GAP = "game/average_duality_gap"
 AVERAGE_EXPLOITABILITY = "game/average_exploitability"
 EXPECTED_LENGTH = "game/expected_length"
-KL_TO_REFERENCE = "game/kl_to_reference"
+KL_TO_REFERENCE = "game/reverse_kl"
 FINAL_DUALITY_GAP = GAME_FINAL_PREFIX + "duality_gap"
 # Divergences of the policy to the reference policy, by metric key and panel title.
 DIVERGENCES = {
