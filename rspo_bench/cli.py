@@ -110,6 +110,9 @@ def sweep(
         help="Continue an existing study and fail when there is none. Without it an existing study "
              "of the same name is continued too; completed trials never run again.",
     )] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the trials, model loads and estimated training memory, and run nothing.",
+    )] = False,
 ) -> None:
     """Run a sweep (grid or Optuna search): self-play training and AlpacaEval-2 evaluation of each trial.
 
@@ -120,6 +123,9 @@ def sweep(
     from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
 
     experiment = _load_or_exit(config)
+    if dry_run:
+        _print_plan(experiment)
+        return
     if devices is not None and workers == 0:
         console.print("[red]--devices needs --workers N[/red]: trials run in this process otherwise",
                       highlight=False)
@@ -139,6 +145,34 @@ def sweep(
     _print_sweep_result(result, workdir, experiment.sweep.objectives[0])
     if result.failed:
         raise typer.Exit(1)
+
+
+def _print_plan(experiment) -> None:
+    from .sweeps.plan import plan_sweep
+
+    plans, summary = plan_sweep(experiment)
+    table = Table(title=f"dry run of sweep {experiment.name} ({experiment.world.kind} world)")
+    table.add_column("trial", no_wrap=True)
+    table.add_column("iterations", justify="right")
+    table.add_column("model loads", justify="right")
+    table.add_column("training GiB (estimate)", justify="right")
+    for plan in plans:
+        memory = "—" if plan.training_gib is None else f"{plan.training_gib:.2f}"
+        table.add_row(plan.key, str(plan.iterations), str(plan.model_loads), memory)
+    Console().print(table)
+    parameters = summary["parameters"]
+    if experiment.world.kind == "game":
+        described = "none (tabular policy)"
+    else:
+        described = "unknown offline" if parameters is None else f"{parameters:,}"
+    Console().print(
+        f"policy parameters: {described}; "
+        f"model loads for the whole sweep with an empty cache: {summary['model_loads']} "
+        f"(iteration 1 is shared by all variants). Memory counts weights, gradients and optimizer "
+        f"state of the trained policy only, not activations."
+    )
+    if summary["optuna_trials_not_listed"]:
+        Console().print(f"plus {summary['optuna_trials_not_listed']} Optuna trials sampled at run time")
 
 
 def _print_sweep_result(result, workdir: Path, objective: str = "lc_win_rate") -> None:
