@@ -650,6 +650,21 @@ def test_warnings_flag_misaligned_instructions(sweep: SweepData) -> None:
     assert "805 for " in warnings[0]
 
 
+def test_warnings_flag_instruction_subset(sweep: SweepData) -> None:
+    trials = [
+        dataclasses.replace(trial, final_metrics={**trial.final_metrics, "alpaca_eval2/n_instructions": 40.0})
+        for trial in sweep.trials
+    ]
+    warnings = [
+        warning
+        for warning in sweep_warnings(dataclasses.replace(sweep, trials=trials))
+        if warning.startswith("Instruction subset")
+    ]
+    assert len(warnings) == 1
+    assert "40 of the 805" in warnings[0]
+    assert not any(w.startswith("Instruction subset") for w in sweep_warnings(sweep))
+
+
 def test_warnings_flag_unfinished_trial(sweep: SweepData) -> None:
     running = dataclasses.replace(sweep.trials[1], status="RUNNING", tags={})
     warnings = sweep_warnings(dataclasses.replace(sweep, trials=[running]))

@@ -15,6 +15,9 @@ LC_RAW_GAP_POINTS = 10.0
 N_INSTRUCTIONS = "n_instructions"
 
 
+ALPACA_EVAL_INSTRUCTIONS = 805
+
+
 def sweep_warnings(sweep: SweepData) -> list[str]:
     """List the problems a reader must know before trusting the sweep's numbers."""
     warnings: list[str] = []
@@ -33,6 +36,16 @@ def sweep_warnings(sweep: SweepData) -> list[str]:
             "Misaligned instructions: trials were scored on different numbers of AlpacaEval 2 instructions ("
             + _describe_counts(misaligned)
             + "); win rates over different instruction sets are not comparable."
+        )
+    subset = sorted(
+        {int(count) for count in misaligned if _finite(count) and 0 < count < ALPACA_EVAL_INSTRUCTIONS}
+    )
+    if subset:
+        warnings.append(
+            "Instruction subset: trials were scored on "
+            + ", ".join(str(count) for count in subset)
+            + f" of the {ALPACA_EVAL_INSTRUCTIONS} AlpacaEval 2 instructions, so their LC win rates "
+            "are not comparable to the leaderboard's."
         )
     for tag, label in (("rspo.data", "evaluation data"), ("rspo.code_version", "code versions")):
         values = distinct_tag_values(sweep.trials, tag)

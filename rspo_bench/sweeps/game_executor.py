@@ -63,12 +63,14 @@ class GameExecutor:
         for step, diagnostics in enumerate(result.diagnostics):
             tracker.log_metrics(run_id, {f"game/{name}": value for name, value in diagnostics.items()}, step=step)
         final = result.diagnostics[-1]
+        # The gap is ≥ 0 in exact arithmetic; rounding leaves values like -5e-17 at an equilibrium.
+        final_gap = max(float(final["duality_gap"]), 0.0)
         tracker.log_metrics(run_id, {
-            "game/final_duality_gap": final["duality_gap"],
+            "game/final_duality_gap": final_gap,
             "game/final_exploitability": final["exploitability"],
             "game/final_expected_length": final["expected_length"],
         })
         tracker.log_json(run_id, "game/final_policy.json", final_policy_json(result))
         logger.info("trial %s: final duality gap %.3g, exploitability %.3g",
-                    spec.key, final["duality_gap"], final["exploitability"])
-        return float(final["duality_gap"])
+                    spec.key, final_gap, final["exploitability"])
+        return final_gap
