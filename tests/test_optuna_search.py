@@ -45,7 +45,8 @@ def config_errors(sweep: dict) -> list[tuple[str, str]]:
         (sweep_section(n_trials=None), "sweep.n_trials", "needs n_trials"),
         ({"variants": VARIANTS, "n_trials": 3}, "sweep.n_trials", "applies only to sweep.kind 'optuna'"),
         (sweep_section(search={"nope": {}}), "sweep.search", "names variant 'nope'"),
-        (sweep_section(search={"mix": {"params": [{"regularizer": "chi", "name": "clip", "low": 1, "high": 2}]}}),
+        (sweep_section(search={"mix": {"params": [{"regularizer": "chi", "name": "clip", "low": 1,
+                                                   "high": 2}]}}),
          "sweep.search", "names regularizer 'chi'"),
         (sweep_section(search={"rkl": {"coef": {"low": 1.0, "high": 0.1}}}), "sweep.search.rkl.coef",
          "low must be below high"),
@@ -105,7 +106,8 @@ def test_grid_study_samples_nothing():
 
 
 def test_pruners_built_from_config():
-    median = parse_config({"name": "x", "sweep": sweep_section(pruner={"kind": "median", "n_startup_trials": 1})})
+    median_section = sweep_section(pruner={"kind": "median", "n_startup_trials": 1})
+    median = parse_config({"name": "x", "sweep": median_section})
     pruner, recorded = search.build_pruner(median.sweep)
     assert isinstance(pruner, optuna.pruners.MedianPruner)
     assert recorded["n_startup_trials"] == 1
@@ -143,10 +145,11 @@ def test_suggest_conditional_parameters():
 
 
 def test_objective_values_name_missing_metric():
-    sweep = parse_config({"name": "x", "sweep": sweep_section(objectives=["lc_win_rate", "avg_length"])}).sweep
+    section = sweep_section(objectives=["lc_win_rate", "avg_length"])
+    sweep = parse_config({"name": "x", "sweep": section}).sweep
     assert search.directions(sweep) == ["maximize", "minimize"]
-    assert search.objective_values(sweep, {"alpaca_eval2/lc_win_rate": 3.0, "alpaca_eval2/avg_length": 9.0}) == [
-        3.0, 9.0]
+    metrics = {"alpaca_eval2/lc_win_rate": 3.0, "alpaca_eval2/avg_length": 9.0}
+    assert search.objective_values(sweep, metrics) == [3.0, 9.0]
     with pytest.raises(KeyError, match="avg_length"):
         search.objective_values(sweep, {"alpaca_eval2/lc_win_rate": 3.0})
 
@@ -157,7 +160,8 @@ SEARCH_WORLD = """\
 name: {name}
 seed: 0
 world:
-  model: {{vocab_size: 384, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2}}
+  model: {{vocab_size: 384, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+          num_attention_heads: 2}}
   warmup: {{num_examples: 60, epochs: 1, batch_size: 16, max_prompt_tokens: 48, max_response_tokens: 24}}
 prompts: {{per_iteration: 6}}
 selfplay:
@@ -212,7 +216,7 @@ def test_median_pruner_stops_weak_trial(workers, tmp_path, data_dir):
 
     study = optuna.load_study(study_name="prune", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
     variants = [trial.params["variant"] for trial in study.trials]
-    assert variants == ["sharp", "sharp", "anchored"], "the seeded draws changed; pick a seed that draws these"
+    assert variants == ["sharp", "sharp", "anchored"], "seeded draws changed; pick a seed that gives these"
     states = [trial.state for trial in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     assert list(study.trials[2].intermediate_values) == [1]
@@ -286,8 +290,8 @@ def test_smoke_optuna_search_runs(tmp_path, data_dir):
     config = tmp_path / "smoke_optuna.yaml"
     config.write_text(yaml.safe_dump(small), encoding="utf-8")
     workdir = tmp_path / "runs"
-    result = run_cli("sweep", str(config), "--workdir", str(workdir), "--report-dir", str(tmp_path / "report"),
-                     cwd=tmp_path)
+    result = run_cli("sweep", str(config), "--workdir", str(workdir),
+                     "--report-dir", str(tmp_path / "report"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     study = optuna.load_study(study_name="smoke_optuna", storage=f"sqlite:///{workdir / 'optuna.db'}")
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -66,10 +66,11 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """Start a PostgreSQL server with databases 'optuna' and 'mlflow' (MLflow's tables created); stop it after."""
+    """Start a PostgreSQL server with databases 'optuna' and 'mlflow' (MLflow tables made); stop it after."""
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql package")
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; "
+                    "install Debian's postgresql package")
     prefix: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="rspo-pg-"))
     if os.geteuid() == 0:
@@ -113,7 +114,10 @@ def grid_config(name: str, coefs: list[float], grace_period: int = 10) -> dict:
     return {
         "name": name,
         "sweep": {
-            "variants": [{"name": "sppo"}, {"name": "rkl", "regularizers": [{"name": "reverse_kl"}], "coefs": coefs}],
+            "variants": [
+                {"name": "sppo"},
+                {"name": "rkl", "regularizers": [{"name": "reverse_kl"}], "coefs": coefs},
+            ],
             "retry": {"heartbeat_interval": 1, "grace_period": grace_period},
         },
     }
@@ -211,7 +215,8 @@ def test_three_cli_workers_run_each_point_once(postgres, tmp_path, mini_config, 
     processes = []
     for index in range(3):
         command = [
-            sys.executable, "-m", "rspo_bench.cli", "sweep", str(config), "--workdir", str(tmp_path / f"w{index}"),
+            sys.executable, "-m", "rspo_bench.cli", "sweep", str(config),
+            "--workdir", str(tmp_path / f"w{index}"),
             "--cache-dir", str(tmp_path / "cache"), "--storage", postgres.url("optuna"),
             "--tracking-uri", postgres.url("mlflow"), "--workers", "1", "--format", "",
         ]

@@ -1,4 +1,4 @@
-"""Sweep engine on SQLite with a fake executor: exactly-once trials, recovery, pruning, Pareto fronts, tracking.
+"""Sweep engine on SQLite with a fake executor: exactly-once trials, recovery, pruning, Pareto fronts.
 
 The fake executor returns fixed metrics per trial in milliseconds, so these tests
 check the engine's bookkeeping in Optuna and MLflow, not the tiny world.
@@ -57,7 +57,8 @@ class FakeExecutor:
     @staticmethod
     def metrics(spec) -> dict[str, float]:
         if spec.variant is None:
-            return {"alpaca_eval2/lc_win_rate": 5.0, "alpaca_eval2/win_rate": 5.0, "alpaca_eval2/avg_length": 50.0}
+            return {"alpaca_eval2/lc_win_rate": 5.0, "alpaca_eval2/win_rate": 5.0,
+                    "alpaca_eval2/avg_length": 50.0}
         lc = 10.0 - 5.0 * spec.coef
         return {"alpaca_eval2/lc_win_rate": lc, "alpaca_eval2/win_rate": lc,
                 "alpaca_eval2/avg_length": 100.0 + 200.0 * spec.coef}
@@ -102,7 +103,8 @@ def run_fake(raw: dict, workdir: Path, executor: FakeExecutor, **options) -> run
     runner.build_executor = lambda config, cache, data_dir: executor
     runner.check_data = lambda data_dir: None
     try:
-        return run_sweep(config, SweepPaths.under(workdir), report_formats=(), options=SweepOptions(**options))
+        options = SweepOptions(**options)
+        return run_sweep(config, SweepPaths.under(workdir), report_formats=(), options=options)
     finally:
         runner.build_executor, runner.check_data = saved
 
@@ -301,7 +303,8 @@ def test_optuna_search_conditional_params(tmp_path):
 
 
 def test_tpe_sampler_arguments_recorded(tmp_path):
-    raw = make_config("tpe", kind="optuna", n_trials=2, sampler={"kind": "tpe", "seed": 4, "n_startup_trials": 1})
+    sampler = {"kind": "tpe", "seed": 4, "n_startup_trials": 1}
+    raw = make_config("tpe", kind="optuna", n_trials=2, sampler=sampler)
     run_fake(raw, tmp_path, FakeExecutor())
     recorded = load_study(tmp_path, "tpe").user_attrs["rspo.sampler"]
     assert recorded == {
@@ -410,9 +413,9 @@ def test_subprocess_launcher_pins_device(monkeypatch, tmp_path):
             return 0
 
     monkeypatch.setattr(workers.subprocess, "Popen", RecordingPopen)
-    launcher = workers.SubprocessLauncher({"config": {}, "parent_run_id": "p", "tracking_uri": "u", "cache_dir": "c",
-                                           "data_dir": None, "code_version": "v", "report_intermediate": False,
-                                           "system_metrics_interval": 5.0}, device="1")
+    launch = {"config": {}, "parent_run_id": "p", "tracking_uri": "u", "cache_dir": "c", "data_dir": None,
+              "code_version": "v", "report_intermediate": False, "system_metrics_interval": 5.0}
+    launcher = workers.SubprocessLauncher(launch, device="1")
     outcome = launcher.run(TrialSpec("base", None, 0.0), "run", None)
     assert outcome.status == "complete"
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1"
@@ -420,8 +423,10 @@ def test_subprocess_launcher_pins_device(monkeypatch, tmp_path):
 
 
 def test_redact_url():
-    assert redact_url("postgresql://rspo:s3cret@db.lab:5432/optuna") == "postgresql://rspo:***@db.lab:5432/optuna"
-    assert redact_url("postgresql+psycopg2://rspo@127.0.0.1/optuna") == "postgresql+psycopg2://rspo@127.0.0.1/optuna"
+    secret = "postgresql://rspo:s3cret@db.lab:5432/optuna"
+    assert redact_url(secret) == "postgresql://rspo:***@db.lab:5432/optuna"
+    no_password = "postgresql+psycopg2://rspo@127.0.0.1/optuna"
+    assert redact_url(no_password) == no_password
     assert redact_url("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
 
 
@@ -436,9 +441,10 @@ def mlflow_server(tmp_path):
         port = probe.getsockname()[1]
     log = open(tmp_path / "mlflow-server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -453,7 +459,8 @@ def mlflow_server(tmp_path):
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
             log.close()
-            pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow-server.log").read_text()[-3000:])
+            output = (tmp_path / "mlflow-server.log").read_text()[-3000:]
+            pytest.fail(f"mlflow server did not start: {output}")
         time.sleep(0.5)
     yield url
     os.killpg(server.pid, signal.SIGTERM)

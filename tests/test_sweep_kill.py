@@ -37,7 +37,8 @@ def wait_for_policy_write(process: subprocess.Popen, cache: Path, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the sweep ended (exit code {process.returncode}) before any policy was written")
+            code = process.returncode
+            raise AssertionError(f"the sweep ended (exit code {code}) before any policy was written")
         policy = cache / "policy"
         if policy.is_dir():
             if any(path.name.startswith(".") for path in policy.glob("*/*")):

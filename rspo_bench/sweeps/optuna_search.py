@@ -59,7 +59,7 @@ def directions(sweep: SweepConfig) -> list[str]:
 
 
 def objective_metric(name: str) -> str:
-    """Return the MLflow key of an objective: ``alpaca_eval2/<name>``, or the name itself when it has a '/'."""
+    """Return the MLflow key of an objective: ``alpaca_eval2/<name>``, or the name when it contains '/'."""
     return name if "/" in name else FINAL_METRIC_PREFIX + name
 
 
@@ -331,6 +331,8 @@ def _worker_alive(trial: FrozenTrial, own_trial_ids: set[int], grace_period: flo
         return started is None or (datetime.now() - started).total_seconds() <= grace_period
     if worker.get("token") == WORKER_TOKEN:
         return trial._trial_id in own_trial_ids
+    # NOTE: two containers with the same host name on one machine share the boot id but
+    # not the pid namespace, so each would judge the other's trials by pids it cannot see.
     if worker.get("host") != host_id():
         return True  # another machine: its heartbeats decide
     try:

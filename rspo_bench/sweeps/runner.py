@@ -443,6 +443,7 @@ class SweepEngine:
         attrs = trial.user_attrs
         if attrs.get(search.KEY_ATTR) != spec.key:
             trial.set_user_attr(search.KEY_ATTR, spec.key)
+
         tags = {
             "rspo.optuna_trial_number": str(trial.number),
             "rspo.optuna_study": self.config.name,
@@ -455,6 +456,7 @@ class SweepEngine:
             logger.info("trial %s: resuming MLflow run %s (was %s)", spec.key, run_id, previous)
         if attrs.get("mlflow_run_id") != run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
+
         reporter = None
         if self.per_iteration:
             single = len(self.sweep.objectives) == 1
@@ -518,6 +520,7 @@ class SweepEngine:
         counted = search.counted_trials(self.study)
         states = Counter(trial.state.name for trial in counted)
         self.result.states = dict(sorted(states.items()))
+
         front = search.pareto_front(self.study, self.sweep)
         self.result.pareto_front = front
         document = {
@@ -530,6 +533,7 @@ class SweepEngine:
             "rspo.pareto_front": ",".join(str(item["key"]) for item in front)[:4000],
             "rspo.trial_states": ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
         })
+
         self.result.finished = not (states.get("RUNNING", 0) or states.get("WAITING", 0))
         if self.result.finished:
             by_key = self._trials_by_key()
@@ -539,6 +543,7 @@ class SweepEngine:
         else:
             logger.info("sweep %s: %d trials still running or queued in other workers", self.config.name,
                         states.get("RUNNING", 0) + states.get("WAITING", 0))
+
         hits = self.cache.hits + self._cache_counts["hits"]
         misses = self.cache.misses + self._cache_counts["misses"]
         logger.info("stage cache: %d hits, %d misses", hits, misses)

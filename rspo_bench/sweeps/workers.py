@@ -188,6 +188,9 @@ class InProcessLauncher:
 class SubprocessLauncher:
     """Runs each trial in a fresh Python process, optionally pinned to one device."""
 
+    # NOTE: the trial process is a single process. Starting it through `accelerate launch`
+    # for multi-GPU trials is not wired yet; every rank would read the same launch file.
+
     def __init__(self, launch_defaults: dict[str, Any], *, device: str | None = None) -> None:
         self.launch_defaults = launch_defaults
         self.device = device
