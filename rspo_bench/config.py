@@ -111,7 +111,7 @@ class ModelWorldConfig(StrictModel):
 
 
 class PromptsConfig(StrictModel):
-    """Where self-play prompts come from; they never overlap the warm-up examples."""
+    """Source of the self-play prompts, which never overlap the warm-up examples."""
 
     source: Literal["ultrafeedback"] = "ultrafeedback"
     per_iteration: int = Field(64, ge=1, description="Fresh prompts drawn for each self-play iteration.")

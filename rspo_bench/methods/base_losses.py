@@ -26,7 +26,7 @@ from .registry import resolve_class
 
 
 class BaseLoss(ABC):
-    """A pairwise loss; ``uses_win_probs`` says whether it reads P̂ from the oracle."""
+    """A pairwise loss. ``uses_win_probs`` is True when the loss reads P̂ from the oracle."""
 
     name: ClassVar[str]
     uses_win_probs: ClassVar[bool] = False

@@ -16,7 +16,7 @@ class PreferenceBatch:
     (differentiable), ``*_prev_logps`` under the previous iterate π_t and
     ``*_ref_logps`` under the fixed base policy μ (both frozen).
     ``*_win_probs`` are P̂(y ≻ π_t | x) from the preference oracle.
-    ``ref_sample_logps`` holds log π_θ of responses sampled from μ, for
+    ``ref_sample_logps`` contains log π_θ of responses sampled from μ, for
     regularizers whose ``sample_source`` is ``"reference"``.
     ``weights`` (default uniform) weight the rows in the batch mean; the game
     world uses them to feed exact expectations.
