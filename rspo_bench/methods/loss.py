@@ -11,7 +11,8 @@ code, the regularizer is summed over the chosen and rejected responses while the
 SPPO term averages them (``pair_reduction="sum"``); ``"mean"`` averages both.
 A regularizer on samples of μ (non-IS forward KL) contributes R̂ once per row.
 
-The headline method of the RSPO paper (Tang et al., arXiv 2503.00030), 0.1 × (IS-forward KL + 5 × reverse KL), is
+The headline method of the RSPO paper (Tang et al., arXiv 2503.00030),
+0.1 × (IS-forward KL + 5 × reverse KL), is
 ``coef=0.1`` with terms ``[(ImportanceForwardKL(clip=10), 1), (ReverseKL(), 5)]``.
 """
 

@@ -55,7 +55,7 @@ TAKEN_STATES = DONE_STATES | {TrialState.RUNNING, TrialState.WAITING}
 
 @dataclass
 class SweepPaths:
-    """Locations of a sweep's state: the MLflow store, the Optuna storage and the cache, by default under one work folder."""
+    """Locations of a sweep's state: MLflow store, Optuna storage and cache, by default under one work folder."""
 
     workdir: Path
     tracking_uri: str
