@@ -6,7 +6,8 @@
     nox -s benchmarks   # performance benchmarks, results in docs/benchmarks.md
 
 The test sessions need Debian packages (Chromium for the HTML report, poppler
-for the PDF pages, PostgreSQL for storage tests). When one is missing and the
+for the PDF pages, the PostgreSQL server for the storage tests, which start
+their own). When one is missing and the
 session runs as root on Debian, it installs them with apt-get.
 """
 
@@ -23,7 +24,15 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests"]
 
 ROOT = Path(__file__).parent
-DEBIAN_PACKAGES = {"chromium": "chromium", "pdftoppm": "poppler-utils", "pdftotext": "poppler-utils"}
+DEBIAN_PACKAGES = {"chromium": "chromium", "pdftoppm": "poppler-utils", "pdftotext": "poppler-utils",
+                   "initdb": "postgresql"}
+
+
+def _present(binary: str) -> bool:
+    """Whether a binary is on PATH; Debian keeps PostgreSQL's server binaries off PATH."""
+    if shutil.which(binary):
+        return True
+    return binary == "initdb" and any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
 def _default_data_dir() -> str | None:
@@ -35,7 +44,7 @@ def _default_data_dir() -> str | None:
 
 
 def _install_debian_packages(session: nox.Session) -> None:
-    missing = sorted({package for binary, package in DEBIAN_PACKAGES.items() if shutil.which(binary) is None})
+    missing = sorted({package for binary, package in DEBIAN_PACKAGES.items() if not _present(binary)})
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
