@@ -275,7 +275,7 @@ def test_vllm_backend_uses_shared_inputs(checkpoint, monkeypatch):
     assert engine.kwargs["model"] == str(checkpoint)
     assert engine.kwargs["dtype"] == "bfloat16"
     prompts, params = engine.requests
-    expected_ids = tiny._encode_prompts(generator.tokenizer, PROMPTS, 64)
+    expected_ids = tiny.encode_prompts(generator.tokenizer, PROMPTS, 64)
     assert [prompt["prompt_token_ids"] for prompt in prompts] == expected_ids
     key = hf.sampling_key(SAMPLING, 11)
     for param, request_seed in zip(params, hf.prompt_seeds(11, len(PROMPTS)), strict=True):

@@ -43,7 +43,7 @@ from rspo_bench.worlds import tiny
 
 # The tiny world's prompt encoding is shared so that generation, training and scoring
 # see the same prompt token ids in both worlds and both generation backends.
-from rspo_bench.worlds.tiny import _encode_prompts, _left_pad, _seeded_rng
+from rspo_bench.worlds.tiny import encode_prompts, left_pad, seeded_rng
 
 logger = get_logger(__name__)
 
@@ -388,7 +388,7 @@ def generate(
     stop_ids = stop_token_ids(tokenizer, model.generation_config)
     generation_config = transformers_generation_config(key, stop_ids, tokenizer.pad_token_id)
     device = model.device
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     batch_starts = range(0, len(prompts), sampling.batch_size)
     seed_rng = random.Random(seed)
     logger.info(
@@ -410,8 +410,8 @@ def generate(
     try:
         for batch_start in progress(batch_starts, desc="sampling", total=len(batch_starts), unit="batch"):
             batch_prompt_ids = prompt_ids[batch_start : batch_start + sampling.batch_size]
-            input_ids, attention_mask = _left_pad(batch_prompt_ids, tokenizer.pad_token_id)
-            with torch.inference_mode(), _seeded_rng(seed_rng.getrandbits(63), device):
+            input_ids, attention_mask = left_pad(batch_prompt_ids, tokenizer.pad_token_id)
+            with torch.inference_mode(), seeded_rng(seed_rng.getrandbits(63), device):
                 output_ids = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
@@ -543,7 +543,7 @@ class VLLMGenerator:
             return []
         key = sampling_key(sampling, seed)
         stop_ids = stop_token_ids(self.tokenizer, self.generation_config)
-        prompt_ids = _encode_prompts(self.tokenizer, prompts, max_prompt_tokens)
+        prompt_ids = encode_prompts(self.tokenizer, prompts, max_prompt_tokens)
         params = [
             vllm_sampling_params(self.vllm, key, stop_ids, request_seed)
             for request_seed in prompt_seeds(seed, len(prompts))

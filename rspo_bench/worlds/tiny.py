@@ -120,7 +120,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerFast, instruction: str) -> str:
     )
 
 
-def _encode_prompts(
+def encode_prompts(
     tokenizer: PreTrainedTokenizerFast, instructions: Sequence[str], max_prompt_tokens: int | None
 ) -> list[list[int]]:
     """Tokenize instructions through the chat template, truncating each from the left."""
@@ -203,7 +203,7 @@ def tokenize_pairs(
         )
     if not prompts:
         raise ValueError("cannot tokenize an empty list of pairs")
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     response_ids = _encode_responses(tokenizer, responses, max_response_tokens)
     return _collate(prompt_ids, response_ids, tokenizer.pad_token_id)
 
@@ -214,7 +214,7 @@ def tokenize_pairs(
 
 
 @contextlib.contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch inside the block and restore the caller's RNG state afterwards."""
     devices = []
     if device.type == "cuda":
@@ -246,7 +246,7 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    with _seeded_rng(seed, torch.device("cpu")):
+    with seeded_rng(seed, torch.device("cpu")):
         model = LlamaForCausalLM(llama_config)
     model.to(torch.float32)
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -385,7 +385,7 @@ def warmup_sft(
     device = model.device
     prompts = [prompt for prompt, _ in examples]
     responses = [response for _, response in examples]
-    prompt_ids = _encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
     response_ids = _encode_responses(tokenizer, responses, config.max_response_tokens)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -409,7 +409,7 @@ def warmup_sft(
     model.train()
     try:
         with (
-            _seeded_rng(seed, device),
+            seeded_rng(seed, device),
             progress_bar(desc="warm-up SFT", total=total_steps, unit="step") as bar,
         ):
             for _ in range(config.epochs):
@@ -472,7 +472,8 @@ def warmup_sft(
 # ---------------------------------------------------------------------------
 
 
-def _left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``input_ids`` and ``attention_mask`` tensors of one width."""
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -515,7 +516,7 @@ def generate(
     device = model.device
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None:
         num_too_long = sum(len(ids) + sampling.max_new_tokens > max_positions for ids in prompt_ids)
@@ -547,9 +548,9 @@ def generate(
     try:
         for batch_start in progress(batch_starts, desc="sampling", total=len(batch_starts), unit="batch"):
             batch_prompt_ids = prompt_ids[batch_start : batch_start + sampling.batch_size]
-            input_ids, attention_mask = _left_pad(batch_prompt_ids, pad_id)
+            input_ids, attention_mask = left_pad(batch_prompt_ids, pad_id)
             batch_seed = seed_rng.getrandbits(63)
-            with torch.inference_mode(), _seeded_rng(batch_seed, device):
+            with torch.inference_mode(), seeded_rng(batch_seed, device):
                 output_ids = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
@@ -754,7 +755,7 @@ def batched_sequence_logps(
     if not prompts:
         return torch.zeros(0, dtype=torch.float32)
     device = model.device
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     response_ids = _encode_responses(tokenizer, responses, max_response_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]), reverse=True)
     batch_starts = range(0, len(order), batch_size)
