@@ -58,10 +58,19 @@ class SamplingConfig(StrictModel):
     """Sampling settings for self-play generation and evaluation."""
 
     num_samples: int = Field(5, ge=1, description="K: responses sampled per prompt (self-play needs K >= 2).")
-    temperature: float = Field(0.7, gt=0)
+    temperature: float = Field(0.7, ge=0, description="0 decodes greedily (one response per prompt).")
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+
+    @model_validator(mode="after")
+    def _greedy_gives_one_sample(self) -> SamplingConfig:
+        if self.temperature == 0 and self.num_samples != 1:
+            raise ValueError(
+                f"temperature 0 decodes greedily and gives one response per prompt, but num_samples is "
+                f"{self.num_samples}; set num_samples to 1 or the temperature above 0"
+            )
+        return self
 
 
 class HFModelConfig(StrictModel):
@@ -200,10 +209,15 @@ class VariantConfig(StrictModel):
 # Directions are fixed per metric: a search never maximizes length.
 OBJECTIVE_DIRECTIONS: dict[str, str] = {
     "lc_win_rate": "maximize", "win_rate": "maximize", "avg_length": "minimize",
-    # The game world's final metric, logged under its full key.
+    # Metrics logged under their full keys: the game world's, and the other benchmarks'.
     "game/final_duality_gap": "minimize",
+    "arena_hard/score": "maximize", "mt_bench/score": "maximize", "armorm/score": "maximize",
+    "diversity/self_bleu": "minimize",
 }
-ObjectiveName = Literal["lc_win_rate", "win_rate", "avg_length", "game/final_duality_gap"]
+ObjectiveName = Literal[
+    "lc_win_rate", "win_rate", "avg_length", "game/final_duality_gap",
+    "arena_hard/score", "mt_bench/score", "armorm/score", "diversity/self_bleu",
+]
 
 
 class TPESamplerConfig(StrictModel):
@@ -458,8 +472,113 @@ class AlpacaEvalConfig(StrictModel):
     )
 
 
+class BenchmarkJudgeConfig(StrictModel):
+    """The judge of Arena-Hard and MT-Bench: the offline proxy, or an OpenAI-compatible chat endpoint."""
+
+    kind: Literal["offline", "llm"] = Field(
+        "offline",
+        description="offline: the proxy judge's scores mapped to verdicts and ratings (labelled proxy); "
+        "llm: the benchmark's own judge prompts sent to base_url.",
+    )
+    base_url: str | None = Field(None, description="llm: endpoint root, e.g. http://127.0.0.1:8000/v1.")
+    model: str | None = Field(None, description="llm: judge model, e.g. gpt-4-1106-preview (Arena-Hard v0.1), gpt-4.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    max_concurrency: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _llm_needs_endpoint(self) -> BenchmarkJudgeConfig:
+        if self.kind == "llm" and not (self.base_url and self.model):
+            raise ValueError(
+                f"evaluation.judge.kind 'llm' needs base_url and model, got base_url={self.base_url!r} "
+                f"and model={self.model!r}"
+            )
+        return self
+
+
+class ArenaHardConfig(StrictModel):
+    """Arena-Hard-Auto v0.1: answers to its 500 questions judged against gpt-4-0314's answers."""
+
+    enabled: bool = False
+    max_questions: int | None = Field(None, ge=1, le=500, description="None answers all 500 questions.")
+    baseline: str = Field("gpt-4-0314", description="Baseline model whose answer file is in the data folder.")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=64),
+        description="arena-hard-auto answers greedily (temperature 0) with up to 4096 new tokens.",
+    )
+    bootstrap_rounds: int = Field(100, ge=1, description="Bootstrap rounds of the 95% interval.")
+
+
+def _fastchat_temperatures() -> dict[str, float]:
+    # FastChat's llm_judge temperature per MT-Bench category (greedy for closed-answer categories).
+    return {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+            "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+
+
+class MTBenchConfig(StrictModel):
+    """MT-Bench: two-turn answers to its 80 questions, each turn graded from 1 to 10."""
+
+    enabled: bool = False
+    max_questions: int | None = Field(None, ge=1, le=80, description="None answers all 80 questions.")
+    max_new_tokens: int = Field(64, ge=1, description="Per turn; FastChat uses 1024.")
+    temperatures: dict[str, float] = Field(
+        default_factory=_fastchat_temperatures,
+        description="Sampling temperature per question category; 0 decodes greedily.",
+    )
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _all_categories(cls, temperatures: dict[str, float]) -> dict[str, float]:
+        missing = sorted(set(_fastchat_temperatures()) - set(temperatures))
+        if missing:
+            raise ValueError(f"temperatures lacks the MT-Bench categories {missing}; give a value for each")
+        negative = {name: value for name, value in temperatures.items() if value < 0}
+        if negative:
+            raise ValueError(f"temperatures must be >= 0, got {negative}")
+        return temperatures
+
+
+class ArmoRMConfig(StrictModel):
+    """Reward-model scores of the AlpacaEval-2 outputs, as ``armorm/score`` and ``armorm/<objective>``."""
+
+    enabled: bool = False
+    model_name_or_path: str = Field(
+        "RLHFlow/ArmoRM-Llama3-8B-v0.1", description="Local folder or hub id of the reward model."
+    )
+    revision: str | None = None
+    trust_remote_code: bool = Field(True, description="ArmoRM's model card loads it with its own code.")
+    batch_size: int = Field(8, ge=1)
+
+
+class DiversityConfig(StrictModel):
+    """Self-BLEU and distinct-n over several samples per AlpacaEval instruction."""
+
+    enabled: bool = False
+    max_prompts: int | None = Field(None, ge=1, le=805, description="None uses all 805 instructions.")
+    sampling: SamplingConfig = Field(
+        SamplingConfig(num_samples=16, temperature=0.7, top_p=0.9, max_new_tokens=200),
+        description="The RSPO Self-BLEU script: 16 samples, temperature 0.7, top-p 0.9, 200 new tokens.",
+    )
+    seed: int = Field(2024, description="Sampling seed; the RSPO script uses 2024.")
+    max_ngram: int = Field(3, ge=1, description="Self-BLEU n-gram order, with uniform weights.")
+    distinct: list[int] = Field(default_factory=lambda: [1, 2], description="n of each distinct-n metric.")
+
+    @field_validator("sampling")
+    @classmethod
+    def _two_samples(cls, sampling: SamplingConfig) -> SamplingConfig:
+        if sampling.num_samples < 2:
+            raise ValueError(f"Self-BLEU compares samples of one prompt, so num_samples must be >= 2, "
+                             f"got {sampling.num_samples}")
+        return sampling
+
+
 class EvaluationConfig(StrictModel):
+    judge: BenchmarkJudgeConfig = BenchmarkJudgeConfig()
     alpaca_eval2: AlpacaEvalConfig = AlpacaEvalConfig()
+    arena_hard: ArenaHardConfig = ArenaHardConfig()
+    mt_bench: MTBenchConfig = MTBenchConfig()
+    armorm: ArmoRMConfig = ArmoRMConfig()
+    diversity: DiversityConfig = DiversityConfig()
 
 
 class ExperimentConfig(StrictModel):
@@ -474,6 +593,18 @@ class ExperimentConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig
+
+    @model_validator(mode="after")
+    def _objective_benchmarks_enabled(self) -> ExperimentConfig:
+        for objective in self.sweep.objectives:
+            benchmark = objective.split("/")[0]
+            settings = getattr(self.evaluation, benchmark, None)
+            if settings is not None and not settings.enabled:
+                raise ValueError(
+                    f"sweep.objectives lists {objective!r}, but evaluation.{benchmark}.enabled is false; "
+                    f"enable the benchmark or remove the objective"
+                )
+        return self
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ from ..cache import stable_hash
 from ..logs import get_logger
 from ..selfplay import PolicyRef, TinyWorld
 from . import alpaca_eval2
+from .judge_prompts import ALPACA_EVAL_ANNOTATOR
 
 logger = get_logger(__name__)
 
@@ -41,6 +42,32 @@ def _spread(total: int, count: int) -> list[int]:
     return sorted({int(round(value)) for value in np.linspace(0, total - 1, count)})
 
 
+def _llm_preferences(
+    world: TinyWorld, instructions: list[str], outputs: list[str], baseline_outputs: list[str]
+) -> list[float]:
+    """Annotate with alpaca_eval's weighted GPT-4 Turbo annotator through the configured endpoint."""
+    from .judge_prompts import AlpacaEvalJudge
+    from .judges import ChatJudgeClient
+
+    settings = world.config.evaluation.judge
+    client = ChatJudgeClient(
+        settings.base_url, settings.model, api_key_env=settings.api_key_env, max_concurrency=settings.max_concurrency
+    )
+    records = [
+        {"instruction": text, "output_1": baseline, "output_2": output}
+        for text, baseline, output in zip(instructions, baseline_outputs, outputs, strict=True)
+    ]
+    annotations = AlpacaEvalJudge.from_data(world.data_dir).annotate(client, records, run="alpaca_eval2")
+    missing = [row for row, annotation in enumerate(annotations) if np.isnan(annotation["preference"])]
+    if missing:
+        raise ValueError(
+            f"AlpacaEval-2 judge {settings.model}: {len(missing)} replies carry neither label among their top "
+            f"log-probabilities (rows {missing[:10]}); the judge model must return top_logprobs, as "
+            f"alpaca_eval's weighted annotator reads the label probabilities"
+        )
+    return [float(annotation["preference"]) for annotation in annotations]
+
+
 def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str) -> EvalResult:
     """Generate for the AlpacaEval instructions, judge against the baseline and compute the metrics."""
     settings = world.config.evaluation.alpaca_eval2
@@ -60,19 +87,28 @@ def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str
             (staging / "output.json").write_text(json.dumps(outputs), encoding="utf-8")
     outputs = world.cache.load_json("eval_generations", key)
 
-    judge = world.judge
-    judged_inputs = {"generations": key, "judge": judge.fingerprint(), "baseline": stable_hash(baseline_outputs)}
+    judge_settings = world.config.evaluation.judge
+    if judge_settings.kind == "llm":
+        annotator = f"{ALPACA_EVAL_ANNOTATOR} ({judge_settings.model})"
+        judge_identity: Any = {"kind": "llm", "model": judge_settings.model, "base_url": judge_settings.base_url}
+    else:
+        annotator = world.judge.name
+        judge_identity = world.judge.fingerprint()
+    judged_inputs = {"generations": key, "judge": judge_identity, "baseline": stable_hash(baseline_outputs)}
     judged_key = world.cache.key("eval_judgments", judged_inputs)
     if world.cache.lookup("eval_judgments", judged_key) is None:
-        logger.info("AlpacaEval-2: judging %d outputs against the baseline with %s", len(outputs), judge.name)
-        preferences = alpaca_eval2.judge_outputs(judge, instructions, outputs, baseline_outputs).tolist()
+        logger.info("AlpacaEval-2: judging %d outputs against the baseline with %s", len(outputs), annotator)
+        if judge_settings.kind == "llm":
+            preferences = _llm_preferences(world, instructions, outputs, baseline_outputs)
+        else:
+            preferences = alpaca_eval2.judge_outputs(world.judge, instructions, outputs, baseline_outputs).tolist()
         with world.cache.write("eval_judgments", judged_key, judged_inputs) as staging:
             (staging / "output.json").write_text(json.dumps(preferences), encoding="utf-8")
     preferences = world.cache.load_json("eval_judgments", judged_key)
 
     annotations = alpaca_eval2.annotations_frame(
         instructions, outputs, baseline_outputs, preferences,
-        generator=generator, annotator=judge.name,
+        generator=generator, annotator=annotator,
         indices=None if len(indices) == len(world.alpaca_instructions) else indices,
         data_dir=world.data_dir,
     )

@@ -67,15 +67,30 @@ class TinyExecutor:
         self.world = world if world is not None else TinyWorld(config, cache, data_dir)
 
     def tags(self, spec: TrialSpec) -> dict[str, str]:
+        from ..evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
+        from ..evals.suite import benchmark_tags
+
         world = self.world
-        judge = world.judge
-        count = world.config.evaluation.alpaca_eval2.max_instructions or 805
+        evaluation = world.config.evaluation
+        count = evaluation.alpaca_eval2.max_instructions or 805
+        if evaluation.judge.kind == "llm":
+            judge_name = f"{ALPACA_EVAL_ANNOTATOR} ({evaluation.judge.model})"
+            description = (f"alpaca_eval's {ALPACA_EVAL_ANNOTATOR} prompt and log-probability preference, sent "
+                           f"to {evaluation.judge.model} at {evaluation.judge.base_url}.")
+        else:
+            judge_name, description = world.judge.name, world.judge.description()
+        is_proxy = evaluation.judge.kind != "llm"
         return {
-            "rspo.judge": judge.name,
-            "rspo.judge_is_proxy": "true",
-            "rspo.judge_description": judge.description(),
+            "rspo.judge": judge_name,
+            "rspo.judge_is_proxy": "true" if is_proxy else "false",
+            "rspo.judge_description": description,
             "rspo.data": f"AlpacaEval 2.0: {count} of 805 instructions; baseline gpt4_1106_preview; "
                          f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
+            **benchmark_tags(
+                "alpaca_eval2", judge=judge_name, is_proxy=is_proxy,
+                version=f"AlpacaEval 2.0, {count} of 805 instructions; LC: alpaca_eval 0.6.6 length_controlled_v1",
+                baseline="gpt4_1106_preview",
+            ),
         }
 
     @property
@@ -101,13 +116,27 @@ class TinyExecutor:
         tracker.log_metrics(run_id, {
             **final,
             "alpaca_eval2/n_instructions": metrics["n_instructions"],
-            "alpaca_eval2/judge_is_proxy": 1.0,
+            "alpaca_eval2/judge_is_proxy": 0.0 if world.config.evaluation.judge.kind == "llm" else 1.0,
         })
         tracker.client.set_tag(run_id, "rspo.lc_gamed_source", str(metrics.get("lc_gamed_source", "")))
         tracker.log_json(run_id, "eval/alpaca_eval2_outputs.json", result.outputs)
         tracker.log_json(run_id, "eval/alpaca_eval2_annotations.json", result.annotations.to_dict(orient="records"))
         tracker.log_json(run_id, "eval/alpaca_eval2_metrics.json", metrics)
+        self._other_benchmarks(policy, spec, tracker, run_id, result.outputs)
         return float(metrics["lc_win_rate"])
+
+    def _other_benchmarks(self, policy, spec: TrialSpec, tracker: SweepTracker, run_id: str,
+                          alpaca_outputs: list[dict[str, Any]]) -> None:
+        """Run Arena-Hard, MT-Bench, ArmoRM and diversity where enabled, and log their metrics and files."""
+        from ..evals.suite import PolicyEvaluator
+
+        evaluator = PolicyEvaluator(self.world, policy, generator=f"{self.world.config.name}/{spec.key}")
+        for result in evaluator.run(alpaca_outputs):
+            tracker.log_metrics(run_id, result.metrics)
+            for name, value in result.tags.items():
+                tracker.client.set_tag(run_id, name, value)
+            for name, value in result.artifacts.items():
+                tracker.log_json(run_id, name, value)
 
     @staticmethod
     def _selfplay(

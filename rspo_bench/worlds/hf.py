@@ -43,7 +43,7 @@ from rspo_bench.worlds import tiny
 
 # The tiny world's prompt encoding is shared so that generation, training and scoring
 # see the same prompt token ids in both worlds and both generation backends.
-from rspo_bench.worlds.tiny import encode_prompts, left_pad, seeded_rng
+from rspo_bench.worlds.tiny import Prompt, decoding_arguments, encode_prompts, left_pad, seeded_rng
 
 logger = get_logger(__name__)
 
@@ -347,10 +347,7 @@ def transformers_generation_config(
     own ``generation_config`` values, as ``generate`` fills them in.
     """
     return GenerationConfig(
-        do_sample=True,
-        temperature=key["temperature"],
-        top_p=key["top_p"],
-        top_k=key["top_k"],
+        **decoding_arguments(key["temperature"], key["top_p"], key["num_samples"]),
         repetition_penalty=key["repetition_penalty"],
         max_new_tokens=key["max_new_tokens"],
         num_return_sequences=key["num_samples"],
@@ -362,7 +359,7 @@ def transformers_generation_config(
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     sampling: SamplingConfig,
     *,
     seed: int,
@@ -530,7 +527,7 @@ class VLLMGenerator:
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: Sequence[Prompt],
         sampling: SamplingConfig,
         *,
         seed: int,

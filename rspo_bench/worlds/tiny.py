@@ -120,13 +120,31 @@ def format_prompt(tokenizer: PreTrainedTokenizerFast, instruction: str) -> str:
     )
 
 
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def as_conversation(prompt: Prompt) -> list[dict[str, str]]:
+    """Return a prompt as chat messages: an instruction string becomes one user turn.
+
+    A conversation (a list of ``{"role", "content"}`` messages) must end with a user
+    turn, because the model answers it.
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = [dict(message) for message in prompt]
+    if not messages or messages[-1].get("role") != "user":
+        last = messages[-1].get("role") if messages else None
+        raise ValueError(f"a conversation prompt must end with a user message, got last role {last!r}")
+    return messages
+
+
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerFast, instructions: Sequence[str], max_prompt_tokens: int | None
+    tokenizer: PreTrainedTokenizerFast, instructions: Sequence[Prompt], max_prompt_tokens: int | None
 ) -> list[list[int]]:
-    """Tokenize instructions through the chat template, truncating each from the left."""
+    """Tokenize instructions or conversations through the chat template, truncating each from the left."""
     if not instructions:
         return []
-    conversations = [[{"role": "user", "content": instruction}] for instruction in instructions]
+    conversations = [as_conversation(prompt) for prompt in instructions]
     encoded = tokenizer.apply_chat_template(
         conversations,
         tokenize=True,
@@ -483,22 +501,39 @@ def left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch.T
     return input_ids, attention_mask
 
 
+def decoding_arguments(temperature: float, top_p: float, num_samples: int) -> dict[str, Any]:
+    """Return the ``generate`` arguments of a temperature: 0 decodes greedily, above 0 samples.
+
+    Sampling uses nucleus (top-p) filtering with no top-k cut. Greedy decoding gives one
+    response per prompt, so it rejects ``num_samples`` above 1.
+    """
+    if temperature == 0:
+        if num_samples != 1:
+            raise ValueError(
+                f"temperature 0 decodes greedily, which gives one response per prompt, but {num_samples} "
+                f"were requested; set num_samples to 1 or the temperature above 0"
+            )
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     sampling: SamplingConfig,
     *,
     seed: int,
     num_samples: int | None = None,
     max_prompt_tokens: int | None = None,
 ) -> list[list[str]]:
-    """Sample ``num_samples`` (default ``sampling.num_samples``) responses per raw instruction.
+    """Sample ``num_samples`` (default ``sampling.num_samples``) responses per instruction or conversation.
 
     Each batch contains ``sampling.batch_size`` prompts, so ``batch_size * num_samples``
-    sequences, left-padded. Sampling uses temperature and nucleus (top-p) filtering with
-    no top-k cut. A response ends before the first ``</s>`` or after
-    ``sampling.max_new_tokens`` tokens, and special tokens are removed from the text.
+    sequences, left-padded. Temperature 0 decodes greedily; otherwise sampling uses
+    nucleus (top-p) filtering with no top-k cut (see :func:`decoding_arguments`). A
+    response ends before the first ``</s>`` or after ``sampling.max_new_tokens`` tokens,
+    and special tokens are removed from the text.
     Each batch gets its own seed drawn from ``seed``, so a call with the same seed,
     prompts, batch size and hardware returns the same responses. With
     ``max_prompt_tokens`` set, prompts are truncated from the left as in
@@ -531,6 +566,7 @@ def generate(
             )
     batch_starts = range(0, len(prompts), sampling.batch_size)
     seed_rng = random.Random(seed)
+    decoding = decoding_arguments(sampling.temperature, sampling.top_p, samples_per_prompt)
     logger.info(
         "sampling %d responses for each of %d prompts (temperature %g, top-p %g, at most %d new tokens)",
         samples_per_prompt,
@@ -554,10 +590,7 @@ def generate(
                 output_ids = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
-                    do_sample=True,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=0,
+                    **decoding,
                     max_new_tokens=sampling.max_new_tokens,
                     num_return_sequences=samples_per_prompt,
                     bos_token_id=tokenizer.bos_token_id,
