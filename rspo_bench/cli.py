@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, load_config
@@ -247,6 +248,74 @@ def sweep_status(
     )
     out.print(f"{title}: {front or 'no complete trial yet'}")
     out.print(f"optuna-dashboard reads the same storage: optuna-dashboard {status.storage}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option("--model", help="Checkpoint folder or hub id of a causal LM with a chat template.")],
+    bench: Annotated[str, typer.Option(
+        "--bench", help="Comma-separated: alpaca_eval2, arena_hard, mt_bench, armorm, diversity.",
+    )] = "alpaca_eval2,arena_hard,mt_bench,diversity",
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Experiment YAML whose evaluation and world.hf sections set the benchmark settings.",
+    )] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name in answer files and MLflow.")] = None,
+    judge_url: Annotated[str | None, typer.Option(
+        "--judge-url", help="OpenAI-compatible endpoint of the benchmark judge; default: the offline proxy judge.",
+    )] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="Judge model name at --judge-url.")] = None,
+    armorm: Annotated[str | None, typer.Option("--armorm", help="Reward model folder or hub id for armorm.")] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment of the run.")] = "rspo-bench-eval",
+    workdir: WorkdirOption = Path("runs"),
+    data_dir: DataDirOption = None,
+    tracking_uri: TrackingOption = None,
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics and tags as JSON.")] = False,
+) -> None:
+    """Evaluate one checkpoint on the benchmarks and log the metrics, tags and answer files to MLflow."""
+    import json
+
+    from pydantic import ValidationError
+
+    from .evals.run_eval import eval_config, evaluate_checkpoint, parse_benchmarks, results_json
+    from .sweeps.runner import SweepPaths
+
+    try:
+        benchmarks = parse_benchmarks(bench)
+        experiment_config = eval_config(
+            model, benchmarks, config_path=config, name=name, judge_url=judge_url, judge_model=judge_model,
+            armorm_model=armorm,
+        )
+    except ConfigError as error:
+        console.print(f"[red]invalid config[/red]\n{error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except (ValueError, ValidationError) as error:
+        console.print(f"[red]invalid evaluation settings[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    try:
+        run = evaluate_checkpoint(
+            experiment_config, cache_dir=paths.cache_dir, data_dir=data_dir, tracking_uri=paths.tracking_uri,
+            experiment=experiment,
+        )
+    except DataFileNotFoundError as error:
+        console.print(f"[red]missing data[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    if as_json:
+        print(json.dumps(results_json(run), indent=2))
+        return
+    table = Table(title=f"{run.name}: {run.model}")
+    for column in ("metric", "value", "judge", "proxy judge"):
+        table.add_column(column)
+    for result in run.results:
+        proxy = result.tags.get(f"rspo.{result.benchmark}.judge_is_proxy") == "true"
+        judge = result.tags.get(f"rspo.{result.benchmark}.judge", "")
+        for metric, value in result.metrics.items():
+            if metric.split("/")[-1].startswith("n_"):
+                continue
+            table.add_row(metric, f"{value:.4g}", escape(judge), "yes" if proxy else "no")
+    Console().print(table)
+    Console().print(f"MLflow: {paths.tracking_uri}, experiment {experiment}, run {run.run_id}")
 
 
 @app.command()

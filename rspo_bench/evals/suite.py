@@ -333,10 +333,10 @@ class PolicyEvaluator:
         for n in settings.distinct:
             metrics[f"diversity/distinct_{n}"] = float(diversity.distinct_n(samples, n))
         tags = benchmark_tags(
-            "diversity", judge=f"none (n-gram statistics, {bleu['tokenizer']} tokens)", is_proxy=False,
+            "diversity", judge="none (n-gram statistics)", is_proxy=False,
             version=f"{DIVERSITY_VERSION}: {len(samples)} of 805 instructions, "
                     f"{settings.sampling.num_samples} samples, BLEU-{settings.max_ngram} smoothing method1, "
-                    f"seed {settings.seed}",
+                    f"seed {settings.seed}, {bleu['tokenizer']} tokens",
             baseline="none",
         )
         records = [

@@ -19,6 +19,22 @@ from . import hf
 logger = get_logger(__name__)
 
 
+def checkpoint_fingerprint(name_or_path: str) -> str | None:
+    """Fingerprint a local checkpoint folder by its files' names, sizes and modification times.
+
+    Rewriting a checkpoint in place changes the fingerprint, so cached samples and
+    evaluations of the old weights are not reused. A hub id gives None: its
+    ``revision`` pins the files.
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return None
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return stable_hash([
+        [str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns] for path in files
+    ])
+
+
 class HFWorld(TinyWorld):
     """Shared state of a sweep over an HF checkpoint: data, base policy and preference oracle."""
 
@@ -34,7 +50,10 @@ class HFWorld(TinyWorld):
     @cached_property
     def base_policy(self) -> PolicyRef:
         settings = self.model_config
-        key = stable_hash({"checkpoint": settings.name_or_path, "revision": settings.revision, "dtype": settings.dtype})
+        key = stable_hash({
+            "checkpoint": settings.name_or_path, "revision": settings.revision, "dtype": settings.dtype,
+            "files": checkpoint_fingerprint(settings.name_or_path),
+        })
         return PolicyRef(key, Path(settings.name_or_path))
 
     def load_policy(self, policy: PolicyRef, *, training: bool = False):

@@ -1,0 +1,165 @@
+"""``rspo-bench eval``: the benchmarks of a sweep trial, run on any checkpoint.
+
+The checkpoint becomes the base policy of an hf world, so generation uses its own
+chat template and the same cached stages as sweeps do. Results go to MLflow as a
+run of the evaluation experiment, with the tags that name each benchmark's judge,
+version and baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rspo_bench.config import ExperimentConfig, load_config
+from rspo_bench.evals.suite import BENCHMARKS, BenchmarkResult, PolicyEvaluator, benchmark_tags
+from rspo_bench.logs import get_logger
+
+logger = get_logger(__name__)
+
+DEFAULT_EXPERIMENT = "rspo-bench-eval"
+
+
+@dataclass
+class EvalRun:
+    """What ``rspo-bench eval`` measured for one checkpoint."""
+
+    model: str
+    name: str
+    results: list[BenchmarkResult] = field(default_factory=list)
+    run_id: str = ""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {name: value for result in self.results for name, value in result.metrics.items()}
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {name: value for result in self.results for name, value in result.tags.items()}
+
+
+def parse_benchmarks(text: str) -> list[str]:
+    """Split a comma-separated benchmark list and reject unknown names, naming the choices."""
+    names = [item.strip().replace("-", "_") for item in text.split(",") if item.strip()]
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown or not names:
+        raise ValueError(f"unknown benchmarks {unknown or [text]}; choose from {', '.join(BENCHMARKS)}")
+    return list(dict.fromkeys(names))
+
+
+def default_name(model: str) -> str:
+    """Return an MLflow-safe run name from a checkpoint folder or hub id."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", model.rstrip("/").replace("/", "__")) or "model"
+
+
+def eval_config(
+    model: str,
+    benchmarks: Sequence[str],
+    *,
+    config_path: str | Path | None = None,
+    name: str | None = None,
+    judge_url: str | None = None,
+    judge_model: str | None = None,
+    armorm_model: str | None = None,
+) -> ExperimentConfig:
+    """Build the experiment config of an evaluation.
+
+    Benchmark settings come from ``config_path`` when given (its ``evaluation`` and
+    ``world.hf`` sections), else from the defaults. The world is an hf world on
+    ``model``; only the benchmarks listed run.
+    """
+    if config_path is not None:
+        base = load_config(config_path).model_dump(mode="json")
+    else:
+        base = {"name": "eval", "sweep": {"variants": [{"name": "eval"}]}}
+    hf_settings = dict((base.get("world") or {}).get("hf") or {})
+    hf_settings["name_or_path"] = model
+    base["world"] = {**(base.get("world") or {}), "kind": "hf", "hf": hf_settings}
+    base["name"] = name or default_name(model)
+    evaluation = base.setdefault("evaluation", {})
+    for benchmark in BENCHMARKS:
+        evaluation.setdefault(benchmark, {})["enabled"] = benchmark in benchmarks
+    if judge_url or judge_model:
+        evaluation["judge"] = {**evaluation.get("judge", {}), "kind": "llm", "base_url": judge_url,
+                               "model": judge_model}
+    if armorm_model:
+        evaluation["armorm"]["model_name_or_path"] = armorm_model
+    # Objectives refer to sweep trials; an evaluation keeps the default one.
+    base.setdefault("sweep", {}).pop("objectives", None)
+    return ExperimentConfig.model_validate(base)
+
+
+def evaluate_checkpoint(
+    config: ExperimentConfig,
+    *,
+    cache_dir: str | Path,
+    data_dir: str | Path | None,
+    tracking_uri: str | None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> EvalRun:
+    """Run the enabled benchmarks on ``config.world.hf.name_or_path`` and log them to MLflow."""
+    from rspo_bench.cache import StageCache
+    from rspo_bench.evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
+    from rspo_bench.evals.pipeline import evaluate_alpaca_eval2
+    from rspo_bench.worlds.hf_selfplay import HFWorld
+
+    world = HFWorld(config, StageCache(cache_dir), data_dir)
+    policy = world.base_policy
+    model = config.world.hf.name_or_path
+    run = EvalRun(model=model, name=config.name)
+    logger.info("evaluating %s as %s", model, config.name)
+    alpaca_outputs = None
+    settings = config.evaluation
+    if settings.alpaca_eval2.enabled:
+        result = evaluate_alpaca_eval2(world, policy, generator=config.name)
+        alpaca_outputs = result.outputs
+        is_proxy = settings.judge.kind != "llm"
+        judge = f"{ALPACA_EVAL_ANNOTATOR} ({settings.judge.model})" if not is_proxy else world.judge.name
+        metrics = {f"alpaca_eval2/{key}": float(result.metrics[key]) for key in (
+            "win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "avg_length", "n_instructions")}
+        count = result.metrics["n_instructions"]
+        tags = benchmark_tags(
+            "alpaca_eval2", judge=judge, is_proxy=is_proxy,
+            version=f"AlpacaEval 2.0, {count} of 805 instructions; LC: alpaca_eval 0.6.6 length_controlled_v1",
+            baseline="gpt4_1106_preview",
+        )
+        run.results.append(BenchmarkResult("alpaca_eval2", metrics, tags, {
+            "eval/alpaca_eval2_outputs.json": result.outputs,
+            "eval/alpaca_eval2_annotations.json": result.annotations.to_dict(orient="records"),
+        }))
+    run.results += PolicyEvaluator(world, policy, generator=config.name).run(alpaca_outputs)
+    if tracking_uri:
+        run.run_id = _log_run(run, config, tracking_uri, experiment)
+    return run
+
+
+def _log_run(run: EvalRun, config: ExperimentConfig, tracking_uri: str, experiment: str) -> str:
+    from rspo_bench.tracking import SweepTracker, code_version
+
+    tracker = SweepTracker(tracking_uri, experiment)
+    tags = {"rspo.model": run.model, "rspo.code_version": code_version(), "rspo.role_detail": "eval", **run.tags}
+    run_id, _ = tracker.trial_run(run.name, tags)
+    tracker.log_params(run_id, {"model": run.model, "benchmarks": ",".join(r.benchmark for r in run.results)})
+    tracker.log_metrics(run_id, run.metrics)
+    tracker.log_text(run_id, "config/resolved.yaml", _yaml(config))
+    for result in run.results:
+        for name, value in result.artifacts.items():
+            tracker.log_json(run_id, name, value)
+    tracker.finish(run_id)
+    tracker.finish_sweep()
+    logger.info("logged evaluation of %s to MLflow run %s (%s)", run.model, run_id, tracking_uri)
+    return run_id
+
+
+def _yaml(config: ExperimentConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def results_json(run: EvalRun) -> dict[str, Any]:
+    return {"model": run.model, "name": run.name, "mlflow_run_id": run.run_id,
+            "metrics": run.metrics, "tags": run.tags}
