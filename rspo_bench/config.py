@@ -152,9 +152,39 @@ class TrainingConfig(StrictModel):
     lr_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with a linear warm-up.")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="Pairs per optimiser step (global batch).")
+    per_device_batch_size: int | None = Field(
+        None, ge=1,
+        description="Pairs per forward pass on each process; gradients of the micro-batches are accumulated "
+        "into one optimiser step. None runs each process's share of the global batch in one forward pass.",
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     max_prompt_tokens: int = Field(96, ge=8)
     max_response_tokens: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_batch(self) -> TrainingConfig:
+        # The process count is known only at run time; train_iteration checks the full product.
+        size = self.per_device_batch_size
+        if size is not None and self.batch_size % size:
+            raise ValueError(
+                f"training.batch_size {self.batch_size} is not divisible by training.per_device_batch_size "
+                f"{size}; use a batch_size that is a multiple of processes × {size}, or a per_device_batch_size "
+                f"that divides {self.batch_size}"
+            )
+        return self
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Return the micro-batches each process runs per optimiser step (1 without per_device_batch_size)."""
+        size = self.per_device_batch_size
+        if size is None:
+            return 1
+        if self.batch_size % (num_processes * size):
+            raise ValueError(
+                f"training.batch_size {self.batch_size} is not divisible by {num_processes} processes × "
+                f"training.per_device_batch_size {size} = {num_processes * size}; set batch_size to a multiple "
+                f"of {num_processes * size}, or a per_device_batch_size that divides batch_size / processes"
+            )
+        return self.batch_size // (num_processes * size)
 
 
 class RegularizerConfig(StrictModel):

@@ -28,7 +28,7 @@ import torch
 
 from . import data as data_module
 from .cache import StageCache, stable_hash
-from .config import ExperimentConfig, VariantConfig
+from .config import ExperimentConfig, TrainingConfig, VariantConfig
 from .logs import get_logger
 from .methods import RegularizerTerm, RSPOLoss, base_loss_class, build_regularizer
 from .preference.offline_judge import OfflineJudge
@@ -67,6 +67,16 @@ def loss_spec(variant: VariantConfig, coef: float, default_beta: float) -> dict[
         "coef": coef,
         "pair_reduction": variant.pair_reduction,
     }
+
+
+def training_key(training: TrainingConfig) -> dict[str, Any]:
+    """Return the training settings for the policy stage's key.
+
+    An unset per_device_batch_size is left out, so policies cached before the field
+    existed keep their keys. A set one enters the key because micro-batches change the
+    float rounding of the update.
+    """
+    return training.model_dump(exclude={"per_device_batch_size"} if training.per_device_batch_size is None else None)
 
 
 def _normalized(text: str) -> str:
@@ -319,7 +329,7 @@ def run_selfplay(
 
         inputs = {
             "parent": policy.key, "samples": samples_key, "preferences": prefs_key, "logps": logps_key,
-            "ref_samples": ref_key, "loss": spec, "training": config.training.model_dump(), "seed": seed,
+            "ref_samples": ref_key, "loss": spec, "training": training_key(config.training), "seed": seed,
         }
         key = world.cache.key("policy", inputs)
         if world.cache.lookup("policy", key) is None:
