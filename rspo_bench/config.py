@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .methods.base_losses import base_loss_class
 from .methods.regularizers import regularizer_class
@@ -111,10 +112,57 @@ class ModelWorldConfig(StrictModel):
 
 
 class PromptsConfig(StrictModel):
-    """Source of the self-play prompts, which never overlap the warm-up examples."""
+    """Source of the self-play prompts.
 
-    source: Literal["ultrafeedback"] = "ultrafeedback"
-    per_iteration: int = Field(64, ge=1, description="Fresh prompts drawn for each self-play iteration.")
+    ``ultrafeedback`` draws ``per_iteration`` fresh UltraFeedback prompts for each
+    iteration, never overlapping the warm-up examples. ``files`` reads iteration t's
+    prompts from ``files[t - 1]``, as the official SPPO recipe uses a separate prompt
+    set per iteration. A relative path in ``files`` is resolved against the data
+    folder (``--data-dir``, then ``$RSPO_BENCH_DATA``).
+    """
+
+    source: Literal["ultrafeedback", "files"] = "ultrafeedback"
+    per_iteration: int | None = Field(
+        64, ge=1,
+        description="ultrafeedback: fresh prompts drawn for each iteration. files: the first N prompts of "
+        "each file; null takes every prompt of the file.",
+    )
+    files: list[str] | None = Field(
+        None, min_length=1,
+        description="files: one JSONL file (optionally .gz) per iteration, each line an object with a "
+        "'prompt' or 'instruction' string.",
+    )
+
+    @model_validator(mode="after")
+    def _files_match_source(self) -> PromptsConfig:
+        if self.source == "files" and self.files is None:
+            raise ValueError(
+                "prompts.source 'files' needs prompts.files, a list of one JSONL prompt file per iteration"
+            )
+        if self.source != "files" and self.files is not None:
+            raise ValueError(
+                f"prompts.files applies only to prompts.source 'files', but source is {self.source!r}; "
+                f"set source: files or remove files"
+            )
+        if self.source == "ultrafeedback" and self.per_iteration is None:
+            raise ValueError("prompts.source 'ultrafeedback' needs per_iteration, the prompts drawn per iteration")
+        return self
+
+    def check_iterations(self, iterations: int) -> None:
+        """Raise ValidationError at ``prompts.files`` when there are fewer files than ``iterations``."""
+        if self.files is not None and len(self.files) < iterations:
+            message = (
+                f"prompts.files lists {len(self.files)} file(s) but selfplay.iterations is {iterations}; "
+                f"add one prompt file per iteration or lower selfplay.iterations"
+            )
+            raise ValidationError.from_exception_data(
+                "ExperimentConfig",
+                [InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                    loc=("prompts", "files"),
+                    input=self.files,
+                )],
+            )
 
 
 class JudgeConfig(StrictModel):
@@ -504,6 +552,11 @@ class ExperimentConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig
+
+    @model_validator(mode="after")
+    def _prompt_files_cover_iterations(self) -> ExperimentConfig:
+        self.prompts.check_iterations(self.selfplay.iterations)
+        return self
 
 
 class ConfigError(ValueError):

@@ -128,9 +128,27 @@ class TinyWorld:
         return pool
 
     def selfplay_prompts(self, iteration: int) -> list[str]:
-        """Return the fresh prompt subset of a 1-based iteration."""
-        size = self.config.prompts.per_iteration
+        """Return the prompts of a 1-based iteration: a fresh UltraFeedback subset or that iteration's file."""
+        settings = self.config.prompts
+        if settings.source == "files":
+            return self.prompt_file_prompts(iteration)
+        size = settings.per_iteration
         return self.selfplay_prompt_pool[(iteration - 1) * size : iteration * size]
+
+    def prompt_file_prompts(self, iteration: int) -> list[str]:
+        """Return the first ``per_iteration`` prompts (all when None) of ``prompts.files[iteration - 1]``."""
+        settings = self.config.prompts
+        path = data_module.prompt_file(settings.files[iteration - 1], self.data_dir)
+        prompts = data_module.read_prompt_file(path)
+        limit = settings.per_iteration
+        if limit is not None and len(prompts) < limit:
+            logger.warning(
+                "iteration %d: %s has %d prompts, fewer than prompts.per_iteration %d, so all of them are used",
+                iteration, path, len(prompts), limit,
+            )
+        selected = prompts if limit is None else prompts[:limit]
+        logger.info("iteration %d: %d of %d prompts from %s", iteration, len(selected), len(prompts), path)
+        return selected
 
     # Tokenizer, base policy, judge -----------------------------------------
 
@@ -217,10 +235,14 @@ class TinyWorld:
 
     # Stages ------------------------------------------------------------------
 
+    def samples_key(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, dict[str, Any]]:
+        """Return the cache key and key inputs of a sampling stage; the prompt texts enter through their hash."""
+        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), **self.sampling_inputs(sampling, seed)}
+        return self.cache.key(stage, inputs), inputs
+
     def samples(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, list[list[str]]]:
         """Return the key and K responses per prompt sampled from ``policy``."""
-        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), **self.sampling_inputs(sampling, seed)}
-        key = self.cache.key(stage, inputs)
+        key, inputs = self.samples_key(policy, prompts, sampling, seed, stage)
         if self.cache.lookup(stage, key) is None:
             model, tokenizer = self.load_policy(policy)
             logger.info("%s: sampling %d × %d responses", stage, len(prompts), sampling.num_samples)
