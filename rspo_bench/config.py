@@ -176,6 +176,31 @@ class JudgeConfig(StrictModel):
     relevance_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     fluency_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     temperature: float | None = Field(None, gt=0, description="None keeps the judge's default.")
+    revision: str | None = Field(None, description="pairrm / reward_model: hub revision (commit) to pin.")
+    trust_remote_code: bool = Field(
+        False,
+        description="pairrm / reward_model: run the checkpoint's own modeling code, as reward models such "
+        "as ArmoRM need.",
+    )
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="pairrm / reward_model: inputs per forward pass; None keeps the judge's default "
+        "(PairRM 16, reward model 8).",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_options(self) -> JudgeConfig:
+        if self.kind in ("pairrm", "reward_model"):
+            return self
+        options = {"revision": self.revision, "trust_remote_code": self.trust_remote_code or None,
+                   "batch_size": self.batch_size}
+        options_set = sorted(name for name, value in options.items() if value is not None)
+        if options_set:
+            raise ValueError(
+                f"judge {', '.join(options_set)} apply only to judge.kind 'pairrm' or 'reward_model', "
+                f"but kind is {self.kind!r}; remove them or change judge.kind"
+            )
+        return self
 
 
 class SelfPlayConfig(StrictModel):

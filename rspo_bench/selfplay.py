@@ -198,9 +198,11 @@ class TinyWorld:
 
     @cached_property
     def judge(self) -> OfflineJudge:
+        # Only the formula's parameters: the other judge fields configure checkpoint judges.
+        formula = {"verbosity_bias", "relevance_weight", "fluency_weight", "temperature"}
         settings = {
             name: value
-            for name, value in self.config.judge.model_dump(exclude={"kind"}).items()
+            for name, value in self.config.judge.model_dump(include=formula).items()
             if value is not None
         }
         references = [str(record["chosen"]) for record in self.train_records]
