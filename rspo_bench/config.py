@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .methods.base_losses import base_loss_class
 from .methods.regularizers import regularizer_class
@@ -120,10 +121,57 @@ class ModelWorldConfig(StrictModel):
 
 
 class PromptsConfig(StrictModel):
-    """Source of the self-play prompts, which never overlap the warm-up examples."""
+    """Source of the self-play prompts.
 
-    source: Literal["ultrafeedback"] = "ultrafeedback"
-    per_iteration: int = Field(64, ge=1, description="Fresh prompts drawn for each self-play iteration.")
+    ``ultrafeedback`` draws ``per_iteration`` fresh UltraFeedback prompts for each
+    iteration, never overlapping the warm-up examples. ``files`` reads iteration t's
+    prompts from ``files[t - 1]``, as the official SPPO recipe uses a separate prompt
+    set per iteration. A relative path in ``files`` is resolved against the data
+    folder (``--data-dir``, then ``$RSPO_BENCH_DATA``).
+    """
+
+    source: Literal["ultrafeedback", "files"] = "ultrafeedback"
+    per_iteration: int | None = Field(
+        64, ge=1,
+        description="ultrafeedback: fresh prompts drawn for each iteration. files: the first N prompts of "
+        "each file; null takes every prompt of the file.",
+    )
+    files: list[str] | None = Field(
+        None, min_length=1,
+        description="files: one JSONL file (optionally .gz) per iteration, each line an object with a "
+        "'prompt' or 'instruction' string.",
+    )
+
+    @model_validator(mode="after")
+    def _files_match_source(self) -> PromptsConfig:
+        if self.source == "files" and self.files is None:
+            raise ValueError(
+                "prompts.source 'files' needs prompts.files, a list of one JSONL prompt file per iteration"
+            )
+        if self.source != "files" and self.files is not None:
+            raise ValueError(
+                f"prompts.files applies only to prompts.source 'files', but source is {self.source!r}; "
+                f"set source: files or remove files"
+            )
+        if self.source == "ultrafeedback" and self.per_iteration is None:
+            raise ValueError("prompts.source 'ultrafeedback' needs per_iteration, the prompts drawn per iteration")
+        return self
+
+    def check_iterations(self, iterations: int) -> None:
+        """Raise ValidationError at ``prompts.files`` when there are fewer files than ``iterations``."""
+        if self.files is not None and len(self.files) < iterations:
+            message = (
+                f"prompts.files lists {len(self.files)} file(s) but selfplay.iterations is {iterations}; "
+                f"add one prompt file per iteration or lower selfplay.iterations"
+            )
+            raise ValidationError.from_exception_data(
+                "ExperimentConfig",
+                [InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{message}", {"message": message}),
+                    loc=("prompts", "files"),
+                    input=self.files,
+                )],
+            )
 
 
 class JudgeConfig(StrictModel):
@@ -137,6 +185,31 @@ class JudgeConfig(StrictModel):
     relevance_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     fluency_weight: float | None = Field(None, ge=0, description="None keeps the judge's default.")
     temperature: float | None = Field(None, gt=0, description="None keeps the judge's default.")
+    revision: str | None = Field(None, description="pairrm / reward_model: hub revision (commit) to pin.")
+    trust_remote_code: bool = Field(
+        False,
+        description="pairrm / reward_model: run the checkpoint's own modeling code, as reward models such "
+        "as ArmoRM need.",
+    )
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="pairrm / reward_model: inputs per forward pass; None keeps the judge's default "
+        "(PairRM 16, reward model 8).",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_options(self) -> JudgeConfig:
+        if self.kind in ("pairrm", "reward_model"):
+            return self
+        options = {"revision": self.revision, "trust_remote_code": self.trust_remote_code or None,
+                   "batch_size": self.batch_size}
+        options_set = sorted(name for name, value in options.items() if value is not None)
+        if options_set:
+            raise ValueError(
+                f"judge {', '.join(options_set)} apply only to judge.kind 'pairrm' or 'reward_model', "
+                f"but kind is {self.kind!r}; remove them or change judge.kind"
+            )
+        return self
 
 
 class SelfPlayConfig(StrictModel):
@@ -161,9 +234,39 @@ class TrainingConfig(StrictModel):
     lr_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with a linear warm-up.")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, description="Pairs per optimiser step (global batch).")
+    per_device_batch_size: int | None = Field(
+        None, ge=1,
+        description="Pairs per forward pass on each process; gradients of the micro-batches are accumulated "
+        "into one optimiser step. None runs each process's share of the global batch in one forward pass.",
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     max_prompt_tokens: int = Field(96, ge=8)
     max_response_tokens: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_batch(self) -> TrainingConfig:
+        # The process count is known only at run time; train_iteration checks the full product.
+        size = self.per_device_batch_size
+        if size is not None and self.batch_size % size:
+            raise ValueError(
+                f"training.batch_size {self.batch_size} is not divisible by training.per_device_batch_size "
+                f"{size}; use a batch_size that is a multiple of processes × {size}, or a per_device_batch_size "
+                f"that divides {self.batch_size}"
+            )
+        return self
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Return the micro-batches each process runs per optimiser step (1 without per_device_batch_size)."""
+        size = self.per_device_batch_size
+        if size is None:
+            return 1
+        if self.batch_size % (num_processes * size):
+            raise ValueError(
+                f"training.batch_size {self.batch_size} is not divisible by {num_processes} processes × "
+                f"training.per_device_batch_size {size} = {num_processes * size}; set batch_size to a multiple "
+                f"of {num_processes * size}, or a per_device_batch_size that divides batch_size / processes"
+            )
+        return self.batch_size // (num_processes * size)
 
 
 class RegularizerConfig(StrictModel):
@@ -604,6 +707,11 @@ class ExperimentConfig(StrictModel):
                     f"sweep.objectives lists {objective!r}, but evaluation.{benchmark}.enabled is false; "
                     f"enable the benchmark or remove the objective"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_files_cover_iterations(self) -> ExperimentConfig:
+        self.prompts.check_iterations(self.selfplay.iterations)
         return self
 
 

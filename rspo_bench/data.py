@@ -66,6 +66,24 @@ def data_file(relative: str, data_dir: str | os.PathLike[str] | None = None) -> 
     )
 
 
+def prompt_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the path of a prompt file: absolute as given, relative under the data folder.
+
+    Raises DataFileNotFoundError naming the path tried and the data folder.
+    """
+    root = resolve_data_dir(data_dir)
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = root / path
+    if not path.is_file():
+        raise DataFileNotFoundError(
+            f"prompt file not found: {path} (prompts.files entry {name!r}). A relative path is resolved "
+            f"against the data folder, now {root}, set with --data-dir DIR or the {ENV_VAR} environment "
+            f"variable; an absolute path is used as it is."
+        )
+    return path
+
+
 def _open_text(path: Path) -> str:
     if path.suffix == ".gz":
         with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -79,6 +97,11 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Records are split on ``\\n`` only: some benchmark files hold U+2028 inside strings,
     which ``str.splitlines`` would treat as a line break. Blank lines are skipped.
     """
+    return [record for _, record in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """Read a JSONL file like :func:`read_jsonl` and return (1-based line number, record) pairs."""
     path = Path(path)
     records = []
     for line_number, line in enumerate(_open_text(path).split("\n"), start=1):
@@ -93,8 +116,35 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             ) from error
         if not isinstance(record, dict):
             raise DataFormatError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
+        records.append((line_number, record))
     return records
+
+
+def read_prompt_file(path: str | os.PathLike[str]) -> list[str]:
+    """Return the prompts of a JSONL file (optionally gzip-compressed) in file order.
+
+    Each line is an object with a ``prompt`` string, or else an ``instruction`` string.
+    Raises DataFormatError naming the file and line of a malformed record, and for a
+    file without records.
+    """
+    path = Path(path)
+    prompts = []
+    for line_number, record in read_jsonl_numbered(path):
+        field = "prompt" if "prompt" in record else "instruction"
+        if field not in record:
+            raise DataFormatError(
+                f"{path}:{line_number}: missing field 'prompt' (or 'instruction'); the record has keys "
+                f"{sorted(record)[:10]}"
+            )
+        value = record[field]
+        if not isinstance(value, str) or not value.strip():
+            raise DataFormatError(
+                f"{path}:{line_number}: field {field!r} must be a non-empty string, got {value!r:.80}"
+            )
+        prompts.append(value)
+    if not prompts:
+        raise DataFormatError(f"{path}: the prompt file contains no records")
+    return prompts
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

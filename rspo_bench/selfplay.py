@@ -28,7 +28,7 @@ import torch
 
 from . import data as data_module
 from .cache import StageCache, stable_hash
-from .config import ExperimentConfig, VariantConfig
+from .config import ExperimentConfig, TrainingConfig, VariantConfig
 from .logs import get_logger
 from .methods import RegularizerTerm, RSPOLoss, base_loss_class, build_regularizer
 from .preference.offline_judge import OfflineJudge
@@ -67,6 +67,16 @@ def loss_spec(variant: VariantConfig, coef: float, default_beta: float) -> dict[
         "coef": coef,
         "pair_reduction": variant.pair_reduction,
     }
+
+
+def training_key(training: TrainingConfig) -> dict[str, Any]:
+    """Return the training settings for the policy stage's key.
+
+    An unset per_device_batch_size is left out, so policies cached before the field
+    existed keep their keys. A set one enters the key because micro-batches change the
+    float rounding of the update.
+    """
+    return training.model_dump(exclude={"per_device_batch_size"} if training.per_device_batch_size is None else None)
 
 
 def _normalized(text: str) -> str:
@@ -118,9 +128,27 @@ class TinyWorld:
         return pool
 
     def selfplay_prompts(self, iteration: int) -> list[str]:
-        """Return the fresh prompt subset of a 1-based iteration."""
-        size = self.config.prompts.per_iteration
+        """Return the prompts of a 1-based iteration: a fresh UltraFeedback subset or that iteration's file."""
+        settings = self.config.prompts
+        if settings.source == "files":
+            return self.prompt_file_prompts(iteration)
+        size = settings.per_iteration
         return self.selfplay_prompt_pool[(iteration - 1) * size : iteration * size]
+
+    def prompt_file_prompts(self, iteration: int) -> list[str]:
+        """Return the first ``per_iteration`` prompts (all when None) of ``prompts.files[iteration - 1]``."""
+        settings = self.config.prompts
+        path = data_module.prompt_file(settings.files[iteration - 1], self.data_dir)
+        prompts = data_module.read_prompt_file(path)
+        limit = settings.per_iteration
+        if limit is not None and len(prompts) < limit:
+            logger.warning(
+                "iteration %d: %s has %d prompts, fewer than prompts.per_iteration %d, so all of them are used",
+                iteration, path, len(prompts), limit,
+            )
+        selected = prompts if limit is None else prompts[:limit]
+        logger.info("iteration %d: %d of %d prompts from %s", iteration, len(selected), len(prompts), path)
+        return selected
 
     # Tokenizer, base policy, judge -----------------------------------------
 
@@ -170,9 +198,11 @@ class TinyWorld:
 
     @cached_property
     def judge(self) -> OfflineJudge:
+        # Only the formula's parameters: the other judge fields configure checkpoint judges.
+        formula = {"verbosity_bias", "relevance_weight", "fluency_weight", "temperature"}
         settings = {
             name: value
-            for name, value in self.config.judge.model_dump(exclude={"kind"}).items()
+            for name, value in self.config.judge.model_dump(include=formula).items()
             if value is not None
         }
         references = [str(record["chosen"]) for record in self.train_records]
@@ -207,10 +237,14 @@ class TinyWorld:
 
     # Stages ------------------------------------------------------------------
 
+    def samples_key(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, dict[str, Any]]:
+        """Return the cache key and key inputs of a sampling stage; the prompt texts enter through their hash."""
+        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), **self.sampling_inputs(sampling, seed)}
+        return self.cache.key(stage, inputs), inputs
+
     def samples(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, list[list[str]]]:
         """Return the key and K responses per prompt sampled from ``policy``."""
-        inputs = {"policy": policy.key, "prompts": stable_hash(prompts), **self.sampling_inputs(sampling, seed)}
-        key = self.cache.key(stage, inputs)
+        key, inputs = self.samples_key(policy, prompts, sampling, seed, stage)
         if self.cache.lookup(stage, key) is None:
             model, tokenizer = self.load_policy(policy)
             logger.info("%s: sampling %d × %d responses", stage, len(prompts), sampling.num_samples)
@@ -319,7 +353,7 @@ def run_selfplay(
 
         inputs = {
             "parent": policy.key, "samples": samples_key, "preferences": prefs_key, "logps": logps_key,
-            "ref_samples": ref_key, "loss": spec, "training": config.training.model_dump(), "seed": seed,
+            "ref_samples": ref_key, "loss": spec, "training": training_key(config.training), "seed": seed,
         }
         key = world.cache.key("policy", inputs)
         if world.cache.lookup("policy", key) is None:

@@ -70,7 +70,7 @@ from rspo_bench.methods import RegularizerTerm, RSPOLoss, SoftSPPOLoss, build_re
 from rspo_bench.trainer import PairRecord, train_iteration
 from rspo_bench.worlds import tiny
 
-policy, records_path, output_path, epochs, learning_rate = sys.argv[1:6]
+policy, records_path, output_path, epochs, learning_rate, per_device_batch_size = sys.argv[1:7]
 # By default accelerate steps a prepared scheduler once per process and optimiser step, which would
 # run the linear schedule twice as fast with two processes as with one.
 accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)
@@ -88,6 +88,7 @@ loss = RSPOLoss(
 config = TrainingConfig(
     batch_size=len(records), epochs=int(epochs), learning_rate=float(learning_rate), lr_warmup_ratio=0.0,
     max_prompt_tokens=48, max_response_tokens=24,
+    per_device_batch_size=None if per_device_batch_size == "none" else int(per_device_batch_size),
 )
 metrics = train_iteration(model, tokenizer, records, loss, config, seed=0, iteration=1, accelerator=accelerator)
 if accelerator.is_main_process:
@@ -167,7 +168,9 @@ def single_process_weights(policy_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.timeout(300)
-def test_two_process_ddp_matches_single_process(policy_dir, tmp_path):
+@pytest.mark.parametrize("per_device_batch_size", [None, 2], ids=["one_forward", "two_micro_batches"])
+def test_two_process_ddp_matches_single_process(policy_dir, tmp_path, per_device_batch_size):
+    """Each rank's 4 rows run in one forward pass, or in 2 micro-batches whose gradients accumulate."""
     if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("the accelerate command is not installed")
     launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
@@ -196,6 +199,7 @@ def test_two_process_ddp_matches_single_process(policy_dir, tmp_path):
         str(output_path),
         str(EPOCHS),
         str(LEARNING_RATE),
+        str(per_device_batch_size).lower(),
     ]
     environment = {
         **os.environ,

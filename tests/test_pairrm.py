@@ -373,3 +373,20 @@ def test_unknown_probability_rejected(random_pairrm):
     model, tokenizer = random_pairrm
     with pytest.raises(ValueError, match="unknown probability"):
         PairRMJudge(model, tokenizer, name_or_path="memory", probability="mean")
+
+
+def test_world_judge_passes_batch_size(saved_pairrm, tmp_path):
+    from rspo_bench.cache import StageCache
+    from rspo_bench.config import parse_config
+    from rspo_bench.worlds.hf_selfplay import HFWorld
+
+    config = parse_config({
+        "name": "pairrm-judge",
+        "world": {"kind": "hf", "hf": {"name_or_path": str(saved_pairrm)}},
+        "judge": {"kind": "pairrm", "model_name_or_path": str(saved_pairrm), "batch_size": 5},
+        "sweep": {"variants": [{"name": "sppo"}]},
+    })
+    judge = HFWorld(config, StageCache(tmp_path / "cache")).judge
+    assert isinstance(judge, PairRMJudge)
+    assert judge.batch_size == 5
+    assert judge.name_or_path == str(saved_pairrm)

@@ -237,3 +237,54 @@ def test_fingerprint_and_description(llama_checkpoint):
     )
     assert "sigmoid(r_i - r_j)" in first.description()
     assert first.name == f"reward_model:{llama_checkpoint}"
+
+
+# Judge settings in an hf-world experiment ----------------------------------------------------
+
+
+def hf_world_judge(tmp_path: Path, checkpoint: Path, **judge_options):
+    """Build the judge of an hf-world experiment whose judge section is a reward model."""
+    from rspo_bench.cache import StageCache
+    from rspo_bench.config import parse_config
+    from rspo_bench.worlds.hf_selfplay import HFWorld
+
+    config = parse_config({
+        "name": "reward-judge",
+        "world": {"kind": "hf", "hf": {"name_or_path": str(checkpoint)}},
+        "judge": {"kind": "reward_model", "model_name_or_path": str(checkpoint), **judge_options},
+        "sweep": {"variants": [{"name": "sppo"}]},
+    })
+    return HFWorld(config, StageCache(tmp_path / "cache")).judge
+
+
+def test_world_judge_needs_trust_remote_code(tmp_path, remote_checkpoint):
+    with pytest.raises(ValueError) as error:
+        hf_world_judge(tmp_path, remote_checkpoint)
+    assert "judge.trust_remote_code: true" in str(error.value)
+    assert str(remote_checkpoint) in str(error.value)
+
+
+def test_world_judge_passes_checkpoint_options(tmp_path, remote_checkpoint):
+    judge = hf_world_judge(tmp_path, remote_checkpoint, trust_remote_code=True, batch_size=3)
+    assert type(judge.model).__name__ == "TinyRewardModel"
+    assert judge.batch_size == 3
+    assert judge.revision is None
+
+
+def test_world_judge_keeps_default_batch_size(tmp_path, llama_checkpoint):
+    judge = hf_world_judge(tmp_path, llama_checkpoint)
+    assert judge.batch_size == 8
+
+
+def test_checkpoint_options_rejected_for_offline_judge():
+    from rspo_bench.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as error:
+        parse_config({
+            "name": "offline-judge",
+            "judge": {"kind": "offline", "trust_remote_code": True, "batch_size": 4},
+            "sweep": {"variants": [{"name": "sppo"}]},
+        })
+    message = error.value.errors[0][1]
+    assert "batch_size, trust_remote_code" in message
+    assert "judge.kind 'pairrm' or 'reward_model'" in message

@@ -285,7 +285,7 @@ def _load_state_dict(name_or_path: str, **kwargs: Any) -> dict[str, torch.Tensor
 
 
 def _load_llm_blender_layout(
-    name_or_path: str, ranker_config: dict[str, Any], **kwargs: Any
+    name_or_path: str, ranker_config: dict[str, Any], *, trust_remote_code: bool = False, **kwargs: Any
 ) -> tuple[PairRMModel, PreTrainedTokenizerBase, dict[str, int]]:
     """Load a checkpoint whose config.json is llm-blender's ranker config."""
     if ranker_config.get("ranker_type") != "pairranker":
@@ -294,7 +294,7 @@ def _load_llm_blender_layout(
             f"only 'pairranker' (PairRM) is supported"
         )
     backbone = ranker_config.get("model_name") or DEFAULT_BACKBONE
-    local_only = {"local_files_only": kwargs.get("local_files_only", False)}
+    local_only = {"local_files_only": kwargs.get("local_files_only", False), "trust_remote_code": trust_remote_code}
     config = AutoConfig.from_pretrained(backbone, **local_only)
     if config.model_type != "deberta-v2":
         raise ValueError(
@@ -304,7 +304,7 @@ def _load_llm_blender_layout(
     config.drop_out = float(ranker_config.get("drop_out", 0.05))
 
     if _optional_file(name_or_path, "tokenizer_config.json", **kwargs) is not None:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     else:
         tokenizer = AutoTokenizer.from_pretrained(backbone, **local_only)
     _ensure_prefix_tokens(tokenizer)
@@ -336,10 +336,10 @@ def _load_llm_blender_layout(
 
 
 def _load_transformers_layout(
-    name_or_path: str, **kwargs: Any
+    name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any
 ) -> tuple[PairRMModel, PreTrainedTokenizerBase, dict[str, int]]:
     """Load a checkpoint whose config.json is a DeBERTa-v2 config with the PairRM fields."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     _ensure_prefix_tokens(tokenizer)
     model, info = PairRMModel.from_pretrained(
         name_or_path, output_loading_info=True, dtype=torch.float32, **kwargs
@@ -397,6 +397,7 @@ class PairRMJudge:
         name_or_path: str | Path = PAIRRM_HUB_ID,
         *,
         revision: str | None = None,
+        trust_remote_code: bool = False,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         batch_size: int = 16,
@@ -407,17 +408,23 @@ class PairRMJudge:
 
         ``device`` defaults to CUDA when available; ``dtype`` defaults to float16 on CUDA,
         as llm-blender runs PairRM, and float32 elsewhere. ``probability`` selects the
-        preference formula (see the module docstring).
+        preference formula (see the module docstring). The model is always this module's
+        PairRMModel, so ``trust_remote_code`` applies only to loading the tokenizer and
+        the backbone config.
         """
         name_or_path = str(name_or_path)
         kwargs = {"revision": revision, "local_files_only": local_files_only}
         config_file = cached_file(name_or_path, "config.json", **kwargs)
         raw_config = _read_json(config_file)
         if "ranker_type" in raw_config:
-            model, tokenizer, lengths = _load_llm_blender_layout(name_or_path, raw_config, **kwargs)
+            model, tokenizer, lengths = _load_llm_blender_layout(
+                name_or_path, raw_config, trust_remote_code=trust_remote_code, **kwargs
+            )
             layout = "llm-blender"
         else:
-            model, tokenizer, lengths = _load_transformers_layout(name_or_path, **kwargs)
+            model, tokenizer, lengths = _load_transformers_layout(
+                name_or_path, trust_remote_code=trust_remote_code, **kwargs
+            )
             layout = "transformers"
         target = (
             torch.device(device)

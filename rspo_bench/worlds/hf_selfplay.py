@@ -7,6 +7,7 @@ policy (a checkpoint instead of a warm-up SFT), the model I/O, generation
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -84,19 +85,44 @@ class HFWorld(TinyWorld):
         settings = self.config.judge
         if settings.kind == "offline":
             return super().judge
+        # None leaves each judge's own default batch size.
+        checkpoint_options = {
+            "revision": settings.revision,
+            "trust_remote_code": settings.trust_remote_code,
+            **({} if settings.batch_size is None else {"batch_size": settings.batch_size}),
+        }
         if settings.kind == "pairrm":
             from ..preference.pairrm import PAIRRM_HUB_ID, PairRMJudge
 
-            return PairRMJudge.from_pretrained(settings.model_name_or_path or PAIRRM_HUB_ID)
+            name_or_path = settings.model_name_or_path or PAIRRM_HUB_ID
+            with _remote_code_hint(name_or_path, settings.trust_remote_code):
+                return PairRMJudge.from_pretrained(name_or_path, **checkpoint_options)
         if settings.kind == "reward_model":
             from ..preference.reward_model import RewardModelJudge
 
             if not settings.model_name_or_path:
                 raise ValueError("judge.kind 'reward_model' needs judge.model_name_or_path")
-            return RewardModelJudge.from_pretrained(settings.model_name_or_path)
+            with _remote_code_hint(settings.model_name_or_path, settings.trust_remote_code):
+                return RewardModelJudge.from_pretrained(settings.model_name_or_path, **checkpoint_options)
         from ..evals.judges import ChatJudgeClient
         from ..preference.llm_judge import LLMJudgeOracle
 
         if not (settings.base_url and settings.model):
             raise ValueError("judge.kind 'llm' needs judge.base_url and judge.model")
         return LLMJudgeOracle(ChatJudgeClient(settings.base_url, settings.model), data_dir=self.data_dir)
+
+
+@contextmanager
+def _remote_code_hint(name_or_path: str, trust_remote_code: bool):
+    """Re-raise transformers' rejection of a checkpoint's own code with the config field that allows it."""
+    try:
+        yield
+    except ValueError as error:
+        # transformers 5.25 names its trust_remote_code argument in the ValueError it raises
+        # for a checkpoint with its own code; any other ValueError passes through unchanged.
+        if trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"judge checkpoint {name_or_path} needs its own modeling code, which runs only with "
+            f"judge.trust_remote_code: true; set it if you trust that code. transformers: {error}"
+        ) from error
