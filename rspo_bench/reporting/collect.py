@@ -30,7 +30,9 @@ STATE_TAG = "rspo.state"
 WORLD_TAG = "rspo.world"
 FINAL_PREFIX = "alpaca_eval2/"
 GAME_FINAL_PREFIX = "game/final_"
-FINAL_PREFIXES = (FINAL_PREFIX, GAME_FINAL_PREFIX)
+# Final metrics of the other benchmarks, logged once after training.
+BENCHMARK_PREFIXES = ("arena_hard/", "mt_bench/", "armorm/", "diversity/")
+FINAL_PREFIXES = (FINAL_PREFIX, GAME_FINAL_PREFIX, *BENCHMARK_PREFIXES)
 BASE_VARIANT = "base"
 GAME_WORLD = "game"
 

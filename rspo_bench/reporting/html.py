@@ -98,6 +98,27 @@ class RowView:
 
 
 @dataclass
+class BenchmarkTableView:
+    """Arena-Hard, MT-Bench, ArmoRM and diversity metrics per trial, with each benchmark's provenance."""
+
+    headers: list[str]
+    rows: list[tuple[str, list[str]]]
+    provenance: list[str]
+
+
+# (metric, column header, decimals); a benchmark's columns appear when some trial logged it.
+BENCHMARK_COLUMNS = (
+    ("arena_hard/score", "Arena-Hard (%) [95% CI]", 1),
+    ("mt_bench/turn1", "MT-Bench turn 1", 2),
+    ("mt_bench/turn2", "MT-Bench turn 2", 2),
+    ("mt_bench/score", "MT-Bench", 2),
+    ("armorm/score", "ArmoRM score", 4),
+    ("diversity/self_bleu", "Self-BLEU (lower: more diverse)", 4),
+    ("diversity/distinct_2", "Distinct-2", 3),
+)
+
+
+@dataclass
 class GameRowView:
     """One row of the game world's final duality gap table."""
 
@@ -171,6 +192,7 @@ class SweepView:
     diagnostics: FigureView | None
     paper: PaperView | None
     warnings: list[str] = field(default_factory=list)
+    benchmarks: BenchmarkTableView | None = None
 
 
 def write_report(
@@ -259,6 +281,7 @@ def sweep_view(sweep: SweepData, index: int) -> SweepView:
         any_proxy=any(judge.is_proxy for judge in judges),
         is_game=is_game,
         rows=[] if is_game else [_row_view(trial) for trial in _leaderboard_order(sweep.trials)],
+        benchmarks=None if is_game else _benchmark_table(sweep.trials),
         game_rows=[_game_row_view(trial) for trial in game_table_order(sweep.trials)] if is_game else [],
         trial_count=len(sweep.trials),
         status_counts=dict(sorted(status_counts.items())),
@@ -410,6 +433,39 @@ def _status_class(trial: TrialData) -> str:
     if trial.status == FINISHED:
         return "finished"
     return "failed" if trial.status == "FAILED" else "other"
+
+
+def _benchmark_table(trials: Sequence[TrialData]) -> BenchmarkTableView | None:
+    """Return the table of the other benchmarks, or None when no trial logged any."""
+    columns = [column for column in BENCHMARK_COLUMNS
+               if any(column[0] in trial.final_metrics for trial in trials)]
+    if not columns:
+        return None
+    rows = []
+    for trial in _leaderboard_order(trials):
+        cells = []
+        for metric, _, places in columns:
+            value = trial.final_metrics.get(metric)
+            cell = f"{value:.{places}f}" if _finite(value) else MISSING
+            if metric == "arena_hard/score" and _finite(value):
+                low = trial.final_metrics.get("arena_hard/ci_low")
+                high = trial.final_metrics.get("arena_hard/ci_high")
+                if _finite(low) and _finite(high):
+                    cell += f" [{low:.1f}, {high:.1f}]"
+            cells.append(cell)
+        rows.append((trial.key, cells))
+    provenance = []
+    for benchmark in sorted({metric.split("/")[0] for metric, _, _ in columns}):
+        judges = distinct_tag_values(trials, f"rspo.{benchmark}.judge")
+        versions = distinct_tag_values(trials, f"rspo.{benchmark}.version")
+        baselines = distinct_tag_values(trials, f"rspo.{benchmark}.baseline")
+        proxy = "true" in distinct_tag_values(trials, f"rspo.{benchmark}.judge_is_proxy")
+        label = " (proxy judge: not comparable with leaderboard numbers)" if proxy else ""
+        provenance.append(
+            f"{benchmark}: judge {', '.join(judges) or MISSING}{label}; "
+            f"version {'; '.join(versions) or MISSING}; baseline {', '.join(baselines) or MISSING}"
+        )
+    return BenchmarkTableView(headers=[header for _, header, _ in columns], rows=rows, provenance=provenance)
 
 
 def _row_view(trial: TrialData) -> RowView:
