@@ -432,7 +432,8 @@ sweep:
 def test_sweep_logs_benchmarks_and_optimizes_mt_bench(tmp_path: Path, data_dir: Path):
     config = tmp_path / "benchsweep.yaml"
     config.write_text(SWEEP_CONFIG, encoding="utf-8")
-    result = run_cli("sweep", str(config), "--workdir", str(tmp_path / "runs"), "--format", "", cwd=tmp_path)
+    result = run_cli("sweep", str(config), "--workdir", str(tmp_path / "runs"), "--report-dir",
+                     str(tmp_path / "report"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("benchsweep")
@@ -446,3 +447,8 @@ def test_sweep_logs_benchmarks_and_optimizes_mt_bench(tmp_path: Path, data_dir: 
     study = optuna.load_study(study_name="benchsweep", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
     (trial,) = study.trials
     assert trial.value == pytest.approx(run.data.metrics["mt_bench/score"])
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    table = html[html.index("Other benchmarks"):]
+    assert f"{run.data.metrics['mt_bench/score']:.2f}" in table
+    assert "proxy judge: not comparable with leaderboard numbers" in table
+    assert "baseline gpt-4-0314" in table
