@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-import torch
 
 from rspo_bench.config import ExperimentConfig, SamplingConfig, TinyModelConfig
 from rspo_bench.data import load_ultrafeedback
@@ -26,7 +24,7 @@ from rspo_bench.evals.run_eval import eval_config, parse_benchmarks
 from rspo_bench.preference.reward_model import RewardModelJudge, RewardOutputs
 from rspo_bench.worlds import tiny
 from tests.test_judge_client import FakeJudgeServer
-from tests.test_reward_model import REMOTE_CODE, TEXTS
+from tests.test_reward_model import TEXTS, save_remote_reward_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -246,25 +244,10 @@ def test_mt_bench_proxy_ratings(tmp_path: Path):
 @pytest.fixture(scope="module")
 def armorm_checkpoint(tmp_path_factory) -> Path:
     """A tiny remote-code reward model with ArmoRM's 19 objectives and its output fields."""
-    folder = tmp_path_factory.mktemp("armorm")
-    tokenizer = tiny.train_tokenizer(TEXTS, vocab_size=300)
-    code_path = folder / "modeling_tiny_reward.py"
-    code_path.write_text(REMOTE_CODE, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("tiny_armorm_code_for_saving", code_path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    torch.manual_seed(0)
-    model = module.TinyRewardModel(module.TinyRewardConfig(vocab_size=len(tokenizer), hidden_size=8, num_objectives=19))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {
-        "AutoConfig": "modeling_tiny_reward.TinyRewardConfig",
-        "AutoModelForSequenceClassification": "modeling_tiny_reward.TinyRewardModel",
-    }
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+    return save_remote_reward_checkpoint(
+        tmp_path_factory.mktemp("armorm"), tiny.train_tokenizer(TEXTS, vocab_size=300), num_objectives=19,
+        module_name="tiny_armorm_code_for_saving",
+    )
 
 
 def test_armorm_metrics_name_the_objectives(armorm_checkpoint: Path):

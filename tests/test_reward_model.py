@@ -78,18 +78,17 @@ def tokenizer():
     return tiny.train_tokenizer(TEXTS, vocab_size=300)
 
 
-@pytest.fixture(scope="module")
-def remote_checkpoint(tmp_path_factory, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("remote_reward")
+def save_remote_reward_checkpoint(folder: Path, tokenizer, *, num_objectives: int, module_name: str) -> Path:
+    """Save a tiny reward model whose modeling code lives in the checkpoint folder (``auto_map``)."""
     code_path = folder / "modeling_tiny_reward.py"
     code_path.write_text(REMOTE_CODE, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("tiny_reward_code_for_saving", code_path)
+    spec = importlib.util.spec_from_file_location(module_name, code_path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     model = module.TinyRewardModel(
-        module.TinyRewardConfig(vocab_size=len(tokenizer), hidden_size=8, num_objectives=3)
+        module.TinyRewardConfig(vocab_size=len(tokenizer), hidden_size=8, num_objectives=num_objectives)
     )
     with torch.no_grad():
         model.objectives.weight.mul_(50.0)
@@ -102,6 +101,14 @@ def remote_checkpoint(tmp_path_factory, tokenizer) -> Path:
     }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="module")
+def remote_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    return save_remote_reward_checkpoint(
+        tmp_path_factory.mktemp("remote_reward"), tokenizer, num_objectives=3,
+        module_name="tiny_reward_code_for_saving",
+    )
 
 
 @pytest.fixture(scope="module")

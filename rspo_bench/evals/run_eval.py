@@ -46,7 +46,7 @@ def parse_benchmarks(text: str) -> list[str]:
     names = [item.strip().replace("-", "_") for item in text.split(",") if item.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"unknown benchmarks {unknown or [text]}; choose from {', '.join(BENCHMARKS)}")
+        raise ValueError(f"invalid benchmark names {unknown or [text]}; choose from {', '.join(BENCHMARKS)}")
     return list(dict.fromkeys(names))
 
 

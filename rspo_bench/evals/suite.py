@@ -353,5 +353,5 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
 
 
 def _summary(metrics: dict[str, float]) -> str:
-    shown = [(name, value) for name, value in metrics.items() if not name.split("/")[-1].startswith("n_")]
-    return ", ".join(f"{name} {value:.3g}" for name, value in shown[:4])
+    reported = [(name, value) for name, value in metrics.items() if not name.split("/")[-1].startswith("n_")]
+    return ", ".join(f"{name} {value:.3g}" for name, value in reported[:4])
