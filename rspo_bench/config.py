@@ -609,6 +609,9 @@ class ArenaHardConfig(StrictModel):
         description="arena-hard-auto answers greedily (temperature 0) with up to 4096 new tokens.",
     )
     bootstrap_rounds: int = Field(100, ge=1, description="Bootstrap rounds of the 95% interval.")
+    judge_model: str | None = Field(
+        None, description="LLM judge for this benchmark; None uses evaluation.judge.model (gpt-4-1106-preview for v0.1)."
+    )
 
 
 def _fastchat_temperatures() -> dict[str, float]:
@@ -628,6 +631,9 @@ class MTBenchConfig(StrictModel):
         description="Sampling temperature per question category; 0 decodes greedily.",
     )
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    judge_model: str | None = Field(
+        None, description="LLM judge for this benchmark; None uses evaluation.judge.model (gpt-4 in FastChat)."
+    )
 
     @field_validator("temperatures")
     @classmethod

@@ -364,7 +364,11 @@ def test_eval_with_llm_judge_endpoint(tmp_path: Path, checkpoint: Path):
     server = FakeJudgeServer(llm_judge_responder).start()
     try:
         config = tmp_path / "eval.yaml"
-        config.write_text(EVAL_CONFIG, encoding="utf-8")
+        mt_bench_line = "  mt_bench: {max_questions: 8, max_new_tokens: 8}"
+        assert mt_bench_line in EVAL_CONFIG
+        config.write_text(EVAL_CONFIG.replace(
+            mt_bench_line, "  mt_bench: {max_questions: 8, max_new_tokens: 8, judge_model: mt-judge-y}"
+        ), encoding="utf-8")
         result = run_cli(
             "eval", "--model", str(checkpoint), "--config", str(config), "--bench", "alpaca_eval2,arena_hard,mt_bench",
             "--judge-url", server.url, "--judge-model", "judge-model-x", "--workdir", str(tmp_path / "runs"), "--json",
@@ -381,9 +385,16 @@ def test_eval_with_llm_judge_endpoint(tmp_path: Path, checkpoint: Path):
     assert 0.0 < metrics["alpaca_eval2/win_rate"] < 100.0
     for benchmark in ("alpaca_eval2", "arena_hard", "mt_bench"):
         assert tags[f"rspo.{benchmark}.judge_is_proxy"] == "false"
-        assert "judge-model-x" in tags[f"rspo.{benchmark}.judge"]
+    assert "judge-model-x" in tags["rspo.alpaca_eval2.judge"]
+    assert tags["rspo.arena_hard.judge"] == "judge-model-x"
+    assert tags["rspo.mt_bench.judge"] == "mt-judge-y"
     arena_requests = [entry for entry in server.log if "[[A>>B]]" in entry["payload"]["messages"][0]["content"]]
     assert len(arena_requests) == 12  # 6 questions, two games each
+    assert {entry["payload"]["model"] for entry in arena_requests} == {"judge-model-x"}
+    mt_requests = [entry for entry in server.log if "Rating" in entry["payload"]["messages"][-1]["content"]
+                   or "Assistant A's Conversation" in entry["payload"]["messages"][-1]["content"]]
+    assert len(mt_requests) == 16  # 8 questions, two turns
+    assert {entry["payload"]["model"] for entry in mt_requests} == {"mt-judge-y"}
 
 
 SWEEP_CONFIG = """\

@@ -89,6 +89,7 @@ class PolicyEvaluator:
         self.generator = generator
         self.settings = world.config.evaluation
         self._model: tuple[Any, Any] | None = None
+        self._clients: dict[str, Any] = {}
 
     # Shared pieces -------------------------------------------------------------
 
@@ -115,28 +116,35 @@ class PolicyEvaluator:
                 (staging / "output.json").write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
         return key, cache.load_json(stage, key)
 
-    @cached_property
-    def llm_client(self):
+    def judge_model(self, benchmark: str) -> str:
+        """Return the LLM judge of a benchmark: its own ``judge_model``, else ``evaluation.judge.model``."""
+        return getattr(self.settings, benchmark).judge_model or self.settings.judge.model
+
+    def llm_client(self, benchmark: str):
         from rspo_bench.evals.judges import ChatJudgeClient
 
-        judge = self.settings.judge
-        return ChatJudgeClient(
-            judge.base_url, judge.model, api_key_env=judge.api_key_env, max_concurrency=judge.max_concurrency
-        )
+        model = self.judge_model(benchmark)
+        if model not in self._clients:
+            judge = self.settings.judge
+            self._clients[model] = ChatJudgeClient(
+                judge.base_url, model, api_key_env=judge.api_key_env, max_concurrency=judge.max_concurrency
+            )
+        return self._clients[model]
 
     @property
     def uses_llm_judge(self) -> bool:
         return self.settings.judge.kind == "llm"
 
-    def judge_identity(self) -> dict[str, Any]:
-        """What the judgments depend on besides the answers: the judge and its settings."""
+    def judge_identity(self, benchmark: str) -> dict[str, Any]:
+        """Return what the judgments depend on besides the answers: the judge and its settings."""
         if self.uses_llm_judge:
-            judge = self.settings.judge
-            return {"kind": "llm", "model": judge.model, "base_url": judge.base_url}
+            return {"kind": "llm", "model": self.judge_model(benchmark), "base_url": self.settings.judge.base_url}
         return {"kind": "proxy", "oracle": self.world.judge.fingerprint()}
 
-    def judge_name(self) -> str:
-        return self.settings.judge.model if self.uses_llm_judge else proxy_judges.proxy_name(self.world.judge)
+    def judge_name(self, benchmark: str) -> str:
+        if self.uses_llm_judge:
+            return self.judge_model(benchmark)
+        return proxy_judges.proxy_name(self.world.judge)
 
     def enabled(self) -> list[str]:
         return [name for name in EXTRA_BENCHMARKS if getattr(self.settings, name).enabled]
@@ -183,13 +191,15 @@ class PolicyEvaluator:
         def judge() -> list[dict[str, Any]]:
             if self.uses_llm_judge:
                 return ArenaHardJudge.from_data(data_dir, ARENA_HARD_V01).judge(
-                    self.llm_client, questions, model_answers, self.generator, baseline_answers
+                    self.llm_client("arena_hard"), questions, model_answers, self.generator, baseline_answers
                 )
             return proxy_judges.judge_arena_hard(
                 self.world.judge, questions, model_answers, self.generator, baseline_answers
             )
 
-        judgment_inputs = {"answers": answers_key, "judge": self.judge_identity(), "baseline": settings.baseline}
+        judgment_inputs = {
+            "answers": answers_key, "judge": self.judge_identity("arena_hard"), "baseline": settings.baseline,
+        }
         _, judgments = self._cached("eval_arena_hard_judgments", judgment_inputs, judge)
         with tempfile.TemporaryDirectory(prefix="rspo-arena-hard-") as folder:
             judgments_path = _write_jsonl(Path(folder) / "judgments" / f"{self.generator_file}.jsonl", judgments)
@@ -210,7 +220,7 @@ class PolicyEvaluator:
         if entry.get("avg_tokens") is not None:
             metrics["arena_hard/avg_tokens"] = float(entry["avg_tokens"])
         tags = benchmark_tags(
-            "arena_hard", judge=self.judge_name(), is_proxy=not self.uses_llm_judge,
+            "arena_hard", judge=self.judge_name("arena_hard"), is_proxy=not self.uses_llm_judge,
             version=f"{ARENA_HARD_V01} ({len(questions)} of 500 questions; Bradley-Terry, "
                     f"{settings.bootstrap_rounds} bootstrap rounds)",
             baseline=settings.baseline,
@@ -250,7 +260,8 @@ class PolicyEvaluator:
 
         def judge() -> list[dict[str, Any]]:
             if self.uses_llm_judge:
-                return MTBenchJudge.from_data(data_dir).judge(self.llm_client, questions, model_answers, self.generator)
+                client = self.llm_client("mt_bench")
+                return MTBenchJudge.from_data(data_dir).judge(client, questions, model_answers, self.generator)
             references = mt_bench_answer_turns(read_jsonl(
                 data_file(f"mt_bench/model_answer/{MT_BENCH_PROXY_REFERENCE}.jsonl", data_dir)
             ))
@@ -259,7 +270,7 @@ class PolicyEvaluator:
                 reference_model=MT_BENCH_PROXY_REFERENCE,
             )
 
-        judgment_inputs = {"answers": answers_key, "judge": self.judge_identity()}
+        judgment_inputs = {"answers": answers_key, "judge": self.judge_identity("mt_bench")}
         _, judgments = self._cached("eval_mt_bench_judgments", judgment_inputs, judge)
         with tempfile.TemporaryDirectory(prefix="rspo-mt-bench-") as folder:
             scores = score_mt_bench(_write_jsonl(Path(folder) / "judgments.jsonl", judgments))
@@ -276,7 +287,7 @@ class PolicyEvaluator:
         else:
             baseline = f"{MT_BENCH_PROXY_REFERENCE} answers (proxy rating 1 + 9 * P(answer preferred))"
         tags = benchmark_tags(
-            "mt_bench", judge=self.judge_name(), is_proxy=not self.uses_llm_judge,
+            "mt_bench", judge=self.judge_name("mt_bench"), is_proxy=not self.uses_llm_judge,
             version=f"{MT_BENCH_VERSION}; {len(questions)} of 80 questions", baseline=baseline,
         )
         return BenchmarkResult("mt_bench", metrics, tags, {
