@@ -347,6 +347,24 @@ def test_eval_cli_logs_every_benchmark_and_reuses_the_cache(tmp_path: Path, chec
     assert "sampling" not in second.stderr, "a rerun must take every answer from the stage cache"
 
 
+def test_eval_armorm_logs_score_and_objectives(tmp_path: Path, checkpoint: Path, armorm_checkpoint: Path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(EVAL_CONFIG, encoding="utf-8")
+    result = run_cli(
+        "eval", "--model", str(checkpoint), "--config", str(config), "--bench", "alpaca_eval2,armorm",
+        "--armorm", str(armorm_checkpoint), "--workdir", str(tmp_path / "runs"), "--json", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout)
+    metrics, tags = output["metrics"], output["tags"]
+    assert np.isfinite(metrics["armorm/score"])
+    assert {f"armorm/{name}" for name in armorm.ARMORM_OBJECTIVES} <= set(metrics)
+    assert tags["rspo.armorm.judge"] == str(armorm_checkpoint)
+    assert tags["rspo.armorm.judge_is_proxy"] == "false"
+    assert "12 AlpacaEval 2.0 outputs" in tags["rspo.armorm.version"]
+    assert "arena_hard/score" not in metrics
+
+
 def llm_judge_responder(payload: dict[str, Any], authorization: str) -> dict[str, Any]:
     """Play the three benchmark judges: AlpacaEval log-probabilities, Arena-Hard ties, MT-Bench ratings."""
     system = payload["messages"][0]["content"]
