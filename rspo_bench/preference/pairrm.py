@@ -60,6 +60,7 @@ from rspo_bench.preference.base import (
     vocabulary_sha256,
     weights_fingerprint,
 )
+from rspo_bench.worlds.hf import resolve_device
 
 logger = get_logger(__name__)
 
@@ -431,11 +432,7 @@ class PairRMJudge(GroupedPreferenceOracle):
                 name_or_path, trust_remote_code=trust_remote_code, **kwargs
             )
             layout = "transformers"
-        target = (
-            torch.device(device)
-            if device is not None
-            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-        )
+        target = resolve_device(device)
         if dtype is None:
             dtype = torch.float16 if target.type == "cuda" else torch.float32
         model.to(device=target, dtype=dtype)

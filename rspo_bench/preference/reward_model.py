@@ -38,6 +38,7 @@ from rspo_bench.preference.base import (
     vocabulary_sha256,
     weights_fingerprint,
 )
+from rspo_bench.worlds.hf import resolve_device
 
 logger = get_logger(__name__)
 
@@ -131,11 +132,7 @@ class RewardModelJudge(GroupedPreferenceOracle):
         bfloat16 on CUDA and float32 elsewhere.
         """
         name_or_path = str(name_or_path)
-        target = (
-            torch.device(device)
-            if device is not None
-            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-        )
+        target = resolve_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         kwargs = {
