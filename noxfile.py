@@ -94,7 +94,7 @@ def slow_tests(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Run the performance benchmarks under benchmarks/."""
+    """Run each benchmark script under benchmarks/, skipping helper modules whose names start with "_"."""
     _install(session, "[test]")
-    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+    for script in sorted((ROOT / "benchmarks").glob("[!_]*.py")):
         session.run("python", str(script), *session.posargs, env=_env())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -18,19 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import describe_machine
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def run(command: list[str]) -> float:
@@ -59,8 +48,8 @@ def main() -> None:
     print("| run | wall time (s) | machine | command |")
     print("| --- | ---: | --- | --- |")
     shown = " ".join(["rspo-bench", *command[3:]])
-    print(f"| first (empty cache) | {first:.0f} | {machine()} | `{shown}` |")
-    print(f"| rerun (same workdir) | {second:.0f} | {machine()} | same |")
+    print(f"| first (empty cache) | {first:.0f} | {describe_machine()} | `{shown}` |")
+    print(f"| rerun (same workdir) | {second:.0f} | {describe_machine()} | same |")
     print(f"\nrerun / first = {second / first:.3f}")
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
+from _machine import describe_machine
 
 from rspo_bench.config import parse_config
 from rspo_bench.logs import setup_logging
@@ -63,18 +63,6 @@ VARIANTS = [
     {"name": "chi_squared", "regularizers": [{"name": "chi_squared", "params": {"clip": 10}}],
      "coefs": [0.01, 0.1, 1.0]},
 ]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def experiment(name: str, variants: list[dict]) -> dict:
@@ -146,7 +134,7 @@ def main() -> None:
                                            args.data_dir, workers=1))
     load_after = os.getloadavg()
 
-    print(f"machine: {machine()}; 1-minute load average {load_before[0]:.1f} before, "
+    print(f"machine: {describe_machine()}; 1-minute load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after")
     print("command: python benchmarks/sweep_cache.py")
     print()

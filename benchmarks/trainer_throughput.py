@@ -48,7 +48,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import random
 import resource
 import shlex
@@ -60,6 +59,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from _machine import describe_machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "RESULT "
@@ -109,18 +110,10 @@ class Settings:
 
 
 def machine_description() -> str:
-    """Return the core count, the CPU model from /proc/cpuinfo, and the Python and torch versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Return the core count, the CPU model, and the Python and torch versions."""
     import torch
 
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{describe_machine()}, torch {torch.__version__}"
 
 
 def current_rss_mib() -> float:

@@ -26,13 +26,18 @@ import numpy as np
 from rspo_bench.evals.judge_prompts import AlpacaEvalJudge
 from rspo_bench.evals.judges import ChatJudgeClient, JudgeRequest, canonical_json
 from rspo_bench.logs import get_logger
+from rspo_bench.preference.base import (
+    GroupedPreferenceOracle,
+    check_same_length,
+    preference_matrices_from_pairs,
+)
 
 logger = get_logger(__name__)
 
 ORACLE_VERSION = "llm-judge-alpaca-eval-pairwise-v1"
 
 
-class LLMJudgeOracle:
+class LLMJudgeOracle(GroupedPreferenceOracle):
     """Preference oracle with the interface of :class:`~rspo_bench.preference.offline_judge.OfflineJudge`.
 
     Args:
@@ -66,45 +71,23 @@ class LLMJudgeOracle:
         """Return P(response_a preferred over response_b | instruction)."""
         return float(self.batch_preferences([instruction], [response_a], [response_b])[0])
 
-    def preference_matrix(self, instruction: str, responses: Sequence[str]) -> np.ndarray:
-        """Return P[i, j] = P(responses[i] preferred over responses[j]), shape [K, K]."""
-        return self.preference_matrices([instruction], [responses])[0]
-
     def preference_matrices(
         self, instructions: Sequence[str], response_groups: Sequence[Sequence[str]]
     ) -> list[np.ndarray]:
-        """Return one preference matrix per instruction, sending all their requests as one batch."""
-        if len(instructions) != len(response_groups):
-            raise ValueError(
-                f"instructions and response_groups must have the same length, got {len(instructions)} "
-                f"and {len(response_groups)}"
-            )
-        pairs = []
-        for group_index, (instruction, responses) in enumerate(zip(instructions, response_groups)):
-            if isinstance(responses, str):
-                raise TypeError("each response group must be a sequence of strings, not one string")
-            for i in range(len(responses)):
-                for j in range(i + 1, len(responses)):
-                    pairs.append((group_index, i, j, instruction, responses[i], responses[j]))
+        """Return one preference matrix per instruction, sending all their requests as one batch.
 
-        probabilities = self.batch_preferences(
-            [pair[3] for pair in pairs], [pair[4] for pair in pairs], [pair[5] for pair in pairs]
-        )
-        matrices = [np.full((len(responses), len(responses)), 0.5) for responses in response_groups]
-        for (group_index, i, j, *_), probability in zip(pairs, probabilities):
-            matrices[group_index][i, j] = probability
-            matrices[group_index][j, i] = 1.0 - probability
-        return matrices
+        Only the pairs i < j are judged, because the judge already averages both orders.
+        """
+        check_same_length(instructions=instructions, response_groups=response_groups)
+        if any(isinstance(responses, str) for responses in response_groups):
+            raise TypeError("each response group must be a sequence of strings, not one string")
+        return preference_matrices_from_pairs(instructions, response_groups, self.batch_preferences)
 
     def batch_preferences(
         self, instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> np.ndarray:
         """Return P(responses_a[n] preferred over responses_b[n] | instructions[n]) for each n, shape [N]."""
-        if not len(instructions) == len(responses_a) == len(responses_b):
-            raise ValueError(
-                f"instructions, responses_a and responses_b must have the same length, got "
-                f"{len(instructions)}, {len(responses_a)} and {len(responses_b)}"
-            )
+        check_same_length(instructions=instructions, responses_a=responses_a, responses_b=responses_b)
         requests: list[JudgeRequest] = []
         asked = []
         triples = zip(instructions, responses_a, responses_b)

@@ -46,6 +46,13 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from rspo_bench.data import load_ultrafeedback
 from rspo_bench.logs import get_logger
+from rspo_bench.preference.base import (
+    bradley_terry_matrix,
+    bradley_terry_preferences,
+    check_same_length,
+    complete_from_upper,
+    sigmoid,
+)
 
 logger = get_logger(__name__)
 
@@ -95,11 +102,6 @@ def sentence_tokens(text: str) -> list[list[str]]:
 def verbosity(text: str) -> float:
     """Return ``log(1 + len(text) / 100)``, the length feature (characters)."""
     return math.log1p(len(text) / 100.0)
-
-
-def sigmoid(x: np.ndarray | float) -> np.ndarray:
-    """Logistic function, computed without overflow for large ``|x|``."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
 
 
 @dataclass(frozen=True)
@@ -303,24 +305,16 @@ class OfflineJudge:
         ``P[i, j] + P[j, i] == 1`` up to one rounding and the diagonal is exactly 0.5.
         """
         scores = self.scores(instruction, responses)
-        upper = sigmoid((scores[:, None] - scores[None, :]) / self.parameters.temperature)
-        matrix = np.triu(upper, k=1)
-        matrix = matrix + np.tril(1.0 - matrix.T, k=-1)
-        np.fill_diagonal(matrix, 0.5)
-        return matrix
+        return complete_from_upper(bradley_terry_matrix(scores, self.parameters.temperature))
 
     def batch_preferences(
         self, instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> np.ndarray:
         """Return P(responses_a[n] preferred over responses_b[n] | instructions[n]) for each n, shape [N]."""
-        if not len(instructions) == len(responses_a) == len(responses_b):
-            raise ValueError(
-                f"instructions, responses_a and responses_b must have the same length, got "
-                f"{len(instructions)}, {len(responses_a)} and {len(responses_b)}"
-            )
+        check_same_length(instructions=instructions, responses_a=responses_a, responses_b=responses_b)
         scores_a = np.array([self.score(x, y) for x, y in zip(instructions, responses_a)], dtype=np.float64)
         scores_b = np.array([self.score(x, y) for x, y in zip(instructions, responses_b)], dtype=np.float64)
-        return sigmoid((scores_a - scores_b) / self.parameters.temperature)
+        return bradley_terry_preferences(scores_a, scores_b, self.parameters.temperature)
 
     # Identity, persistence and description
 

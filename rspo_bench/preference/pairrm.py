@@ -35,7 +35,6 @@ Preferences, with C_ij the logit of y_i as candidate 1 and y_j as candidate 2:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +49,18 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Model, D
 from transformers.utils import cached_file
 
 from rspo_bench.logs import get_logger, progress
+from rspo_bench.preference.base import (
+    GroupedPreferenceOracle,
+    bradley_terry_matrix,
+    bradley_terry_preferences,
+    check_group_count,
+    check_same_length,
+    ordered_pair_matrices,
+    sigmoid,
+    vocabulary_sha256,
+    weights_fingerprint,
+)
+from rspo_bench.worlds.hf import resolve_device
 
 logger = get_logger(__name__)
 
@@ -208,11 +219,6 @@ def _pad_right(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch
     return input_ids, attention_mask
 
 
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """Logistic function without overflow for large ``|x|``."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(values, dtype=np.float64)))
-
-
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
@@ -362,7 +368,7 @@ def _load_transformers_layout(
 # ---------------------------------------------------------------------------
 
 
-class PairRMJudge:
+class PairRMJudge(GroupedPreferenceOracle):
     """Preference oracle backed by PairRM: pair logits, preference matrices and rank scores."""
 
     def __init__(
@@ -426,11 +432,7 @@ class PairRMJudge:
                 name_or_path, trust_remote_code=trust_remote_code, **kwargs
             )
             layout = "transformers"
-        target = (
-            torch.device(device)
-            if device is not None
-            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-        )
+        target = resolve_device(device)
         if dtype is None:
             dtype = torch.float16 if target.type == "cuda" else torch.float32
         model.to(device=target, dtype=dtype)
@@ -481,11 +483,7 @@ class PairRMJudge:
         A positive logit means candidate 1 is preferred. The triples are sorted by length
         and run in batches of ``batch_size``; the result keeps the input order.
         """
-        if not len(sources) == len(candidates1) == len(candidates2):
-            raise ValueError(
-                f"sources, candidates1 and candidates2 must have the same length, got "
-                f"{len(sources)}, {len(candidates1)} and {len(candidates2)}"
-            )
+        check_same_length(sources=sources, candidates1=candidates1, candidates2=candidates2)
         if not sources:
             return np.zeros(0, dtype=np.float64)
         encoded = []
@@ -530,8 +528,8 @@ class PairRMJudge:
         """
         forward = self.pair_logits(instructions, responses_a, responses_b)
         backward = self.pair_logits(instructions, responses_b, responses_a)
-        scale = 0.5 if self.probability == "pairwise" else 1.0
-        return sigmoid(scale * (forward - backward))
+        temperature = 2.0 if self.probability == "pairwise" else 1.0
+        return bradley_terry_preferences(forward, backward, temperature)
 
     # Matrices -----------------------------------------------------------------
 
@@ -542,28 +540,8 @@ class PairRMJudge:
 
         All ordered pairs of all instructions run through :meth:`pair_logits` together.
         """
-        if len(instructions) != len(response_groups):
-            raise ValueError(
-                f"got {len(instructions)} instructions but {len(response_groups)} response groups"
-            )
-        sources, firsts, seconds, slots = [], [], [], []
-        for group_index, (instruction, responses) in enumerate(
-            zip(instructions, response_groups, strict=True)
-        ):
-            for i, first in enumerate(responses):
-                for j, second in enumerate(responses):
-                    if i != j:
-                        sources.append(instruction)
-                        firsts.append(first)
-                        seconds.append(second)
-                        slots.append((group_index, i, j))
-        logits = self.pair_logits(sources, firsts, seconds)
-        matrices = [
-            np.zeros((len(responses), len(responses)), dtype=np.float64) for responses in response_groups
-        ]
-        for (group_index, i, j), value in zip(slots, logits, strict=True):
-            matrices[group_index][i, j] = value
-        return matrices
+        check_group_count(instructions, response_groups)
+        return ordered_pair_matrices(instructions, response_groups, self.pair_logits)
 
     def preference_matrices(
         self, instructions: Sequence[str], response_groups: Sequence[Sequence[str]]
@@ -578,12 +556,8 @@ class PairRMJudge:
                 matrices.append(sigmoid((logits - logits.T) / 2.0))
             else:
                 scores = (logits - logits.T).mean(axis=1)
-                matrices.append(sigmoid(scores[:, None] - scores[None, :]))
+                matrices.append(bradley_terry_matrix(scores))
         return matrices
-
-    def preference_matrix(self, instruction: str, responses: Sequence[str]) -> np.ndarray:
-        """Return P[i, j] = P(responses[i] ≻ responses[j] | instruction), shape [K, K]."""
-        return self.preference_matrices([instruction], [responses])[0]
 
     def rank_scores(self, instruction: str, responses: Sequence[str]) -> np.ndarray:
         """Return llm-blender's rank scores s_i = mean_j (C_ij − C_ji), with C_ii = 0, shape [K]."""
@@ -595,21 +569,14 @@ class PairRMJudge:
     def fingerprint(self) -> str:
         """Return a sha256 over the weights (names, dtypes, shapes, bytes), tokenizer and length limits."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            state = {
+            settings = {
                 "format": FINGERPRINT_FORMAT,
                 "source_max_length": self.source_max_length,
                 "candidate_max_length": self.candidate_max_length,
                 "probability": self.probability,
-                "vocabulary": hashlib.sha256(
-                    json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
-                ).hexdigest(),
+                "vocabulary": vocabulary_sha256(self.tokenizer),
             }
-            digest.update(json.dumps(state, sort_keys=True).encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-                digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = weights_fingerprint(settings, self.model)
         return self._fingerprint
 
     def description(self) -> str:

@@ -18,8 +18,6 @@ such as DeBERTa-based ones expect.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,17 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from rspo_bench.logs import get_logger, progress
+from rspo_bench.preference.base import (
+    GroupedPreferenceOracle,
+    bradley_terry_matrix,
+    bradley_terry_preferences,
+    check_group_count,
+    check_same_length,
+    sigmoid,  # noqa: F401 (callers import sigmoid from this module)
+    vocabulary_sha256,
+    weights_fingerprint,
+)
+from rspo_bench.worlds.hf import resolve_device
 
 logger = get_logger(__name__)
 
@@ -43,11 +52,6 @@ class RewardOutputs:
 
     rewards: np.ndarray
     objective_rewards: np.ndarray | None
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """Logistic function without overflow for large ``|x|``."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(values, dtype=np.float64)))
 
 
 def read_rewards(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -77,7 +81,7 @@ def read_rewards(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return score[:, 0], objectives
 
 
-class RewardModelJudge:
+class RewardModelJudge(GroupedPreferenceOracle):
     """Preference oracle backed by a sequence-classification reward model."""
 
     def __init__(
@@ -128,11 +132,7 @@ class RewardModelJudge:
         bfloat16 on CUDA and float32 elsewhere.
         """
         name_or_path = str(name_or_path)
-        target = (
-            torch.device(device)
-            if device is not None
-            else (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-        )
+        target = resolve_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         kwargs = {
@@ -251,10 +251,7 @@ class RewardModelJudge:
         self, instructions: Sequence[str], response_groups: Sequence[Sequence[str]]
     ) -> list[np.ndarray]:
         """Return, per instruction, P with P[i, j] = σ(r_i − r_j); all responses are scored together."""
-        if len(instructions) != len(response_groups):
-            raise ValueError(
-                f"got {len(instructions)} instructions but {len(response_groups)} response groups"
-            )
+        check_group_count(instructions, response_groups)
         flat_instructions = [x for x, group in zip(instructions, response_groups, strict=True) for _ in group]
         flat_responses = [y for group in response_groups for y in group]
         rewards = self.reward_outputs(flat_instructions, flat_responses).rewards
@@ -263,45 +260,30 @@ class RewardModelJudge:
         for group in response_groups:
             group_rewards = rewards[start : start + len(group)]
             start += len(group)
-            matrices.append(sigmoid(group_rewards[:, None] - group_rewards[None, :]))
+            matrices.append(bradley_terry_matrix(group_rewards))
         return matrices
-
-    def preference_matrix(self, instruction: str, responses: Sequence[str]) -> np.ndarray:
-        """Return P[i, j] = P(responses[i] ≻ responses[j] | instruction) = σ(r_i − r_j), shape [K, K]."""
-        return self.preference_matrices([instruction], [responses])[0]
 
     def batch_preferences(
         self, instructions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> np.ndarray:
-        """Return P(responses_a[n] ≻ responses_b[n] | instructions[n]), shape [N]."""
-        if not len(instructions) == len(responses_a) == len(responses_b):
-            raise ValueError(
-                f"instructions, responses_a and responses_b must have the same length, got "
-                f"{len(instructions)}, {len(responses_a)} and {len(responses_b)}"
-            )
+        """Return P(responses_a[n] ≻ responses_b[n] | instructions[n]) = σ(r_a − r_b), shape [N]."""
+        check_same_length(instructions=instructions, responses_a=responses_a, responses_b=responses_b)
         rewards = self.reward_outputs([*instructions, *instructions], [*responses_a, *responses_b]).rewards
         count = len(instructions)
-        return sigmoid(rewards[:count] - rewards[count:])
+        return bradley_terry_preferences(rewards[:count], rewards[count:])
 
     # Identity -----------------------------------------------------------------
 
     def fingerprint(self) -> str:
         """Return a sha256 over the weights (names, dtypes, shapes, bytes), input format and length limit."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            state = {
+            settings = {
                 "format": FINGERPRINT_FORMAT,
                 "max_length": self.max_length,
                 "chat_template": self.tokenizer.chat_template or None,
-                "vocabulary": hashlib.sha256(
-                    json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
-                ).hexdigest(),
+                "vocabulary": vocabulary_sha256(self.tokenizer),
             }
-            digest.update(json.dumps(state, sort_keys=True).encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-                digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = weights_fingerprint(settings, self.model)
         return self._fingerprint
 
     def description(self) -> str:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ..logs import get_logger
 from ..methods import PreferenceBatch, RSPOLoss, SoftSPPOLoss
 from ..methods.regularizers import ChiSquared, ForwardKL, ReverseKL
+from ..preference.base import complete_from_upper
 from .game_solver import (
     GameRegularization,
     duality_gap,
@@ -315,6 +316,39 @@ def _check_family_size(num_prompts: int, num_responses: int) -> None:
         raise ValueError(f"num_responses must be >= 2, got {num_responses}")
 
 
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _seeded_game(
+    name: str,
+    draw_prompt: Callable[[np.random.Generator], dict[str, FloatArray]],
+    *,
+    seed: int,
+    num_prompts: int,
+    num_responses: int,
+    reference_concentration: float,
+    **family_params: Any,
+) -> Game:
+    """Build a family's game with one ``draw_prompt`` call per prompt on a generator seeded with ``seed``.
+
+    ``draw_prompt`` returns the :class:`PromptGame` fields other than the id, which is
+    ``prompt-<index>``. The keyword arguments become the game's ``params`` in the order
+    given, except that ``reference_concentration`` comes last.
+    """
+    rng = np.random.default_rng(seed)
+    prompts = [PromptGame(f"prompt-{index}", **draw_prompt(rng)) for index in range(num_prompts)]
+    params = {
+        "seed": seed,
+        "num_prompts": num_prompts,
+        "num_responses": num_responses,
+        **family_params,
+        "reference_concentration": reference_concentration,
+    }
+    return Game(prompts, name=name, params=params)
+
+
 def _draw_reference(rng: np.random.Generator, size: int, concentration: float) -> FloatArray:
     if concentration <= 0:
         raise ValueError(f"reference_concentration must be > 0, got {concentration}")
@@ -334,21 +368,20 @@ def random_game(
 ) -> Game:
     """Build prompts with P[i, j] ~ U(0, 1) above the diagonal and μ ~ Dirichlet(concentration)."""
     _check_family_size(num_prompts, num_responses)
-    rng = np.random.default_rng(seed)
-    prompts = []
-    for index in range(num_prompts):
-        upper = np.triu(rng.uniform(size=(num_responses, num_responses)), 1)
-        preference = upper + np.tril(1.0 - upper.T, -1)
-        np.fill_diagonal(preference, 0.5)
+
+    def draw_prompt(rng: np.random.Generator) -> dict[str, FloatArray]:
+        preference = complete_from_upper(rng.uniform(size=(num_responses, num_responses)))
         reference = _draw_reference(rng, num_responses, reference_concentration)
-        prompts.append(PromptGame(f"prompt-{index}", preference, reference, np.zeros(num_responses)))
-    params = dict(
+        return {"preference": preference, "reference": reference, "lengths": np.zeros(num_responses)}
+
+    return _seeded_game(
+        "random",
+        draw_prompt,
         seed=seed,
         num_prompts=num_prompts,
         num_responses=num_responses,
         reference_concentration=reference_concentration,
     )
-    return Game(prompts, name="random", params=params)
 
 
 def cyclic_game(
@@ -373,24 +406,20 @@ def cyclic_game(
     offsets = (np.arange(num_responses)[None, :] - np.arange(num_responses)[:, None]) % num_responses
     wins = (offsets >= 1) & (offsets <= (num_responses - 1) // 2)
     preference = np.where(wins, 0.5 + margin, np.where(wins.T, 0.5 - margin, 0.5))
-    rng = np.random.default_rng(seed)
-    prompts = [
-        PromptGame(
-            f"prompt-{index}",
-            preference,
-            _draw_reference(rng, num_responses, reference_concentration),
-            np.zeros(num_responses),
-        )
-        for index in range(num_prompts)
-    ]
-    params = dict(
+
+    def draw_prompt(rng: np.random.Generator) -> dict[str, FloatArray]:
+        reference = _draw_reference(rng, num_responses, reference_concentration)
+        return {"preference": preference, "reference": reference, "lengths": np.zeros(num_responses)}
+
+    return _seeded_game(
+        "cyclic",
+        draw_prompt,
         seed=seed,
         num_prompts=num_prompts,
         num_responses=num_responses,
         margin=margin,
         reference_concentration=reference_concentration,
     )
-    return Game(prompts, name="cyclic", params=params)
 
 
 def bradley_terry_game(
@@ -403,24 +432,26 @@ def bradley_terry_game(
 ) -> Game:
     """Build transitive prompts P[i, j] = σ(s_i − s_j) from latent scores s ~ N(0, score_scale²)."""
     _check_family_size(num_prompts, num_responses)
-    if score_scale <= 0:
-        raise ValueError(f"score_scale must be > 0, got {score_scale}")
-    rng = np.random.default_rng(seed)
-    prompts = []
-    for index in range(num_prompts):
+    _check_positive("score_scale", score_scale)
+
+    def draw_prompt(rng: np.random.Generator) -> dict[str, FloatArray]:
         scores = rng.normal(scale=score_scale, size=num_responses)
         reference = _draw_reference(rng, num_responses, reference_concentration)
-        prompts.append(
-            PromptGame(f"prompt-{index}", _preference_from_scores(scores), reference, np.zeros(num_responses))
-        )
-    params = dict(
+        return {
+            "preference": _preference_from_scores(scores),
+            "reference": reference,
+            "lengths": np.zeros(num_responses),
+        }
+
+    return _seeded_game(
+        "bradley_terry",
+        draw_prompt,
         seed=seed,
         num_prompts=num_prompts,
         num_responses=num_responses,
         score_scale=score_scale,
         reference_concentration=reference_concentration,
     )
-    return Game(prompts, name="bradley_terry", params=params)
 
 
 def length_biased_game(
@@ -442,27 +473,25 @@ def length_biased_game(
     per full length range: σ(q_i − q_j + length_bias·(L_i − L_j)/(max_length − min_length)).
     """
     _check_family_size(num_prompts, num_responses)
-    if quality_scale <= 0:
-        raise ValueError(f"quality_scale must be > 0, got {quality_scale}")
+    _check_positive("quality_scale", quality_scale)
     if not 0 <= min_length < max_length:
         raise ValueError(f"expected 0 <= min_length < max_length, got {min_length} and {max_length}")
-    rng = np.random.default_rng(seed)
-    prompts = []
-    for index in range(num_prompts):
+
+    def draw_prompt(rng: np.random.Generator) -> dict[str, FloatArray]:
         quality = rng.normal(scale=quality_scale, size=num_responses)
         lengths = np.round(rng.uniform(min_length, max_length, size=num_responses))
         biased_scores = quality + length_bias * (lengths - min_length) / (max_length - min_length)
         reference = _draw_reference(rng, num_responses, reference_concentration)
-        prompts.append(
-            PromptGame(
-                f"prompt-{index}",
-                preference=_preference_from_scores(biased_scores),
-                reference=reference,
-                lengths=lengths,
-                true_preference=_preference_from_scores(quality),
-            )
-        )
-    params = dict(
+        return {
+            "preference": _preference_from_scores(biased_scores),
+            "reference": reference,
+            "lengths": lengths,
+            "true_preference": _preference_from_scores(quality),
+        }
+
+    return _seeded_game(
+        "length_biased",
+        draw_prompt,
         seed=seed,
         num_prompts=num_prompts,
         num_responses=num_responses,
@@ -472,7 +501,6 @@ def length_biased_game(
         max_length=max_length,
         reference_concentration=reference_concentration,
     )
-    return Game(prompts, name="length_biased", params=params)
 
 
 def game_from_config(config: GameConfig) -> Game:

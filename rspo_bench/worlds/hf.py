@@ -319,6 +319,20 @@ def decode_completion(
     return tokenizer.decode(token_ids[:cut], skip_special_tokens=True), True, cut + 1
 
 
+def _log_sampling_start(backend: str, key: dict[str, Any], num_prompts: int) -> None:
+    """Log the backend and the sampling settings of :func:`sampling_key` before sampling starts."""
+    logger.info(
+        "%s backend: sampling %d responses for each of %d prompts (temperature %g, top-p %g, "
+        "at most %d new tokens)",
+        backend,
+        key["num_samples"],
+        num_prompts,
+        key["temperature"],
+        key["top_p"],
+        key["max_new_tokens"],
+    )
+
+
 def _log_sampling_done(
     total: int, seconds: float, num_unfinished: int, max_new_tokens: int, num_tokens: int
 ) -> None:
@@ -388,15 +402,7 @@ def generate(
     prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     batch_starts = range(0, len(prompts), sampling.batch_size)
     seed_rng = random.Random(seed)
-    logger.info(
-        "transformers backend: sampling %d responses for each of %d prompts (temperature %g, top-p %g, "
-        "at most %d new tokens)",
-        key["num_samples"],
-        len(prompts),
-        key["temperature"],
-        key["top_p"],
-        key["max_new_tokens"],
-    )
+    _log_sampling_start("transformers", key, len(prompts))
 
     responses: list[list[str]] = []
     num_unfinished = 0
@@ -546,15 +552,7 @@ class VLLMGenerator:
             for request_seed in prompt_seeds(seed, len(prompts))
         ]
 
-        logger.info(
-            "vLLM backend: sampling %d responses for each of %d prompts (temperature %g, top-p %g, "
-            "at most %d new tokens)",
-            key["num_samples"],
-            len(prompts),
-            key["temperature"],
-            key["top_p"],
-            key["max_new_tokens"],
-        )
+        _log_sampling_start("vLLM", key, len(prompts))
         start = time.perf_counter()
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
 
