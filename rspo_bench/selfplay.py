@@ -37,8 +37,6 @@ from .worlds import tiny
 
 logger = get_logger(__name__)
 
-IterationCallback = Callable[[int, dict[str, float]], None]
-
 
 @dataclass(frozen=True)
 class PolicyRef:
@@ -46,6 +44,10 @@ class PolicyRef:
 
     key: str
     path: Path
+
+
+# Called after each iteration with its 1-based number, the policy it trained (π_{t+1}) and its metrics.
+IterationCallback = Callable[[int, PolicyRef, dict[str, float]], None]
 
 
 def build_loss(variant: VariantConfig, coef: float, default_beta: float) -> RSPOLoss:
@@ -332,7 +334,11 @@ def run_selfplay(
     *,
     on_iteration: IterationCallback | None = None,
 ) -> PolicyRef:
-    """Run every self-play iteration of one trial and return the final policy."""
+    """Run every self-play iteration of one trial and return the final policy.
+
+    An exception raised by ``on_iteration`` (such as ``optuna.TrialPruned``) stops
+    self-play after that iteration and propagates to the caller.
+    """
     config = world.config
     loss_fn = build_loss(variant, coef, config.sweep.beta)
     spec = loss_spec(variant, coef, config.sweep.beta)
@@ -369,9 +375,9 @@ def run_selfplay(
             del model
         train_metrics = world.cache.load_json("policy", key, "train_metrics.json")
         metrics.update({f"train/{name}": value for name, value in train_metrics.items()})
-        if on_iteration is not None:
-            on_iteration(iteration, metrics)
         policy = PolicyRef(key, world.cache.path("policy", key))
+        if on_iteration is not None:
+            on_iteration(iteration, policy, metrics)
     return policy
 
 
