@@ -9,10 +9,16 @@ exists completely or not at all. Temporary folders start with a dot and name
 their writer (``.<key[:12]>-<pid>@<host>-<random>``), so ``prune`` can tell a
 killed writer's leftovers from a live writer's folder. An entry's marker file
 is touched on every cache hit, so its modification time is the entry's last use.
+
+:meth:`StageCache.compute` also holds a per-key lock file,
+``<stage>/<key[:2]>/.<key>.lock``, while it computes an entry, so concurrent
+workers that miss the same key compute it once. The others wait for the lock and
+then read the entry.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +27,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +67,29 @@ def _process_alive(pid: int) -> bool:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(item.stat().st_size for item in folder.rglob("*") if item.is_file())
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_holder(descriptor: int) -> str:
+    """Return the holder that a lock file names, or "another process" while it is empty."""
+    text = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip()
+    return text or "another process"
+
+
+def _is_same_file(descriptor: int, path: Path) -> bool:
+    opened = os.fstat(descriptor)
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino)
 
 
 @dataclass
@@ -108,6 +137,85 @@ class StageCache:
             return self.path(stage, key)
         self.misses += 1
         return None
+
+    def lock_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key[:2] / f".{key}.lock"
+
+    @contextmanager
+    def compute_lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the key's compute lock, waiting while another process or thread holds it.
+
+        The lock is an ``flock`` on the key's lock file, so the OS releases it when
+        its holder exits or is killed, even by SIGKILL. The holder deletes the file
+        before it unlocks, and a waiter that then locks the deleted file opens the path
+        again, so at most one caller per key is inside the block at a time.
+        Locks are not reentrant, so a thread must not take the same key's lock twice.
+
+        NOTE: tested only with processes on one host. Across hosts the lock excludes
+        only on a shared file system whose ``flock`` reaches the server.
+        """
+        path = self.lock_path(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        waiting_since: float | None = None
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not _try_lock(descriptor):
+                    if waiting_since is None:
+                        waiting_since = time.monotonic()
+                        holder = _read_holder(descriptor)
+                        logger.info("waiting for %s to finish computing %s %s", holder, stage, key[:12])
+                    fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if _is_same_file(descriptor, path):
+                break
+            # The previous holder deleted this file after finishing, so lock the path's new file.
+            os.close(descriptor)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"pid {os.getpid()} on {_host_name()}\n".encode(), 0)
+            if waiting_since is not None:
+                waited = time.monotonic() - waiting_since
+                logger.info("waited %.1f s for the compute lock of %s %s", waited, stage, key[:12])
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            os.close(descriptor)
+
+    def compute(self, stage: str, key: str, inputs: dict[str, Any], fill: Callable[[Path], None]) -> Path:
+        """Return the entry's folder, calling ``fill(staging)`` to create it on a miss.
+
+        ``fill`` writes the output files into the temporary folder it receives, and
+        the entry is published as in :meth:`write`. Concurrent callers for the same
+        key take turns on its compute lock, so ``fill`` runs in the first one and the
+        others wait and then read its entry. When ``fill`` raises, the next waiter
+        runs its own ``fill``. A hit takes no lock, so a read-only cache serves hits.
+        """
+        if self.exists(stage, key) and (path := self.lookup(stage, key)) is not None:
+            return path
+        with self.compute_lock(stage, key):
+            if (path := self.lookup(stage, key)) is not None:
+                return path
+            with self.write(stage, key, inputs) as staging:
+                fill(staging)
+        return self.path(stage, key)
+
+    def compute_json(
+        self, stage: str, key: str, inputs: dict[str, Any], compute: Callable[[], Any],
+        name: str = "output.json",
+    ) -> Any:
+        """Return the value in the entry's JSON file ``name``, storing ``compute()`` there on a miss.
+
+        Concurrent callers compute the value once, as in :meth:`compute`.
+        """
+
+        def fill(staging: Path) -> None:
+            (staging / name).write_text(json.dumps(compute(), ensure_ascii=False), encoding="utf-8")
+
+        self.compute(stage, key, inputs, fill)
+        return self.load_json(stage, key, name)
 
     @contextmanager
     def write(self, stage: str, key: str, inputs: dict[str, Any] | None = None) -> Iterator[Path]:

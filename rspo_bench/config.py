@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -284,6 +285,16 @@ class RegularizerConfig(StrictModel):
         return name
 
 
+def _non_negative_coefficient(value: float) -> float:
+    if value < 0:
+        raise ValueError("coefficient λ must be >= 0. Use 0 to run the variant without its regularizers")
+    return value
+
+
+# Validated per item, so an error names the index of the negative value and shows it once.
+Coefficient = Annotated[float, AfterValidator(_non_negative_coefficient)]
+
+
 class VariantConfig(StrictModel):
     """A regularized variant; the sweep runs it once per coefficient in ``coefs``."""
 
@@ -291,16 +302,8 @@ class VariantConfig(StrictModel):
     loss: Literal["sppo", "sppo_hard", "dpo", "ipo"] | str = "sppo"
     beta: float | None = Field(None, gt=0, description="Loss beta; None uses sweep.beta. For SPPO, η = 1/beta.")
     regularizers: list[RegularizerConfig] = Field(default_factory=list)
-    coefs: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="Values of λ to run.")
+    coefs: list[Coefficient] = Field(default_factory=lambda: [0.0], min_length=1, description="Values of λ to run.")
     pair_reduction: Literal["sum", "mean"] = "sum"
-
-    @field_validator("coefs")
-    @classmethod
-    def _non_negative(cls, coefs: list[float]) -> list[float]:
-        negative = [value for value in coefs if value < 0]
-        if negative:
-            raise ValueError(f"coefficients must be >= 0, got {negative}")
-        return coefs
 
     @field_validator("loss")
     @classmethod

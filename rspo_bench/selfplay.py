@@ -37,8 +37,6 @@ from .worlds import tiny
 
 logger = get_logger(__name__)
 
-IterationCallback = Callable[[int, dict[str, float]], None]
-
 
 @dataclass(frozen=True)
 class PolicyRef:
@@ -46,6 +44,10 @@ class PolicyRef:
 
     key: str
     path: Path
+
+
+# Called after each iteration with its 1-based number, the policy it trained (π_{t+1}) and its metrics.
+IterationCallback = Callable[[int, PolicyRef, dict[str, float]], None]
 
 
 def build_loss(variant: VariantConfig, coef: float, default_beta: float) -> RSPOLoss:
@@ -159,13 +161,13 @@ class TinyWorld:
         ]
         inputs = {"texts": stable_hash(texts), "vocab_size": self.config.world.model.vocab_size}
         key = self.cache.key("tokenizer", inputs)
-        if (path := self.cache.lookup("tokenizer", key)) is not None:
-            return path
-        logger.info("training the BPE tokenizer on %d texts", len(texts))
-        with self.cache.write("tokenizer", key, inputs) as staging:
+
+        def train(staging: Path) -> None:
+            logger.info("training the BPE tokenizer on %d texts", len(texts))
             tokenizer = tiny.train_tokenizer(texts, vocab_size=self.config.world.model.vocab_size)
             tokenizer.save_pretrained(staging)
-        return self.cache.path("tokenizer", key)
+
+        return self.cache.compute("tokenizer", key, inputs, train)
 
     @cached_property
     def base_policy(self) -> PolicyRef:
@@ -178,7 +180,8 @@ class TinyWorld:
             "seed": self.config.seed,
         }
         key = self.cache.key("base_policy", inputs)
-        if self.cache.lookup("base_policy", key) is None:
+
+        def warm_up(staging: Path) -> None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
@@ -191,10 +194,10 @@ class TinyWorld:
             )
             logger.info("warm-up SFT of the base policy on %d examples", len(examples))
             stats = tiny.warmup_sft(model, tokenizer, examples, world.warmup, seed=self.config.seed)
-            with self.cache.write("base_policy", key, inputs) as staging:
-                tiny.save_policy(model, tokenizer, staging)
-                (staging / "warmup.json").write_text(json.dumps(stats), encoding="utf-8")
-        return PolicyRef(key, self.cache.path("base_policy", key))
+            tiny.save_policy(model, tokenizer, staging)
+            (staging / "warmup.json").write_text(json.dumps(stats), encoding="utf-8")
+
+        return PolicyRef(key, self.cache.compute("base_policy", key, inputs, warm_up))
 
     @cached_property
     def judge(self) -> OfflineJudge:
@@ -208,12 +211,12 @@ class TinyWorld:
         references = [str(record["chosen"]) for record in self.train_records]
         inputs = {"references": stable_hash(references), "settings": settings}
         key = self.cache.key("judge", inputs)
-        if (path := self.cache.lookup("judge", key)) is not None:
-            return OfflineJudge.load(path / "judge.json")
-        judge = OfflineJudge.fit(references, **settings)
-        with self.cache.write("judge", key, inputs) as staging:
-            judge.save(staging / "judge.json")
-        return judge
+
+        def fit(staging: Path) -> None:
+            OfflineJudge.fit(references, **settings).save(staging / "judge.json")
+
+        # The saved judge restores identical scores and fingerprint, so every caller loads it.
+        return OfflineJudge.load(self.cache.compute("judge", key, inputs, fit) / "judge.json")
 
     # Model backend: the hf world overrides these four -------------------------
 
@@ -245,33 +248,32 @@ class TinyWorld:
     def samples(self, policy: PolicyRef, prompts: list[str], sampling, seed: int, stage: str = "samples") -> tuple[str, list[list[str]]]:
         """Return the key and K responses per prompt sampled from ``policy``."""
         key, inputs = self.samples_key(policy, prompts, sampling, seed, stage)
-        if self.cache.lookup(stage, key) is None:
+
+        def sample() -> dict[str, Any]:
             model, tokenizer = self.load_policy(policy)
             logger.info("%s: sampling %d × %d responses", stage, len(prompts), sampling.num_samples)
             responses = self.generate(model, tokenizer, prompts, sampling, seed=seed)
-            with self.cache.write(stage, key, inputs) as staging:
-                (staging / "output.json").write_text(json.dumps({"prompts": prompts, "responses": responses}), encoding="utf-8")
-            return key, responses
-        return key, self.cache.load_json(stage, key)["responses"]
+            return {"prompts": prompts, "responses": responses}
+
+        return key, self.cache.compute_json(stage, key, inputs, sample)["responses"]
 
     def preferences(self, samples_key: str, prompts: list[str], responses: list[list[str]]) -> tuple[str, dict[str, Any]]:
         """Return P̂(y ≻ π_t) per sample (row means including the self-pair) and winner/loser indices."""
         inputs = {"samples": samples_key, "judge": self.judge.fingerprint()}
         key = self.cache.key("preferences", inputs)
-        if self.cache.lookup("preferences", key) is not None:
-            return key, self.cache.load_json("preferences", key)
-        win_probs, chosen, rejected = [], [], []
-        for prompt, group in zip(prompts, responses, strict=True):
-            matrix = np.asarray(self.judge.preference_matrix(prompt, group), dtype=float)
-            row_means = matrix.mean(axis=1)
-            win_probs.append(row_means.tolist())
-            chosen.append(int(np.argmax(row_means)))
-            # argmin over the reversed order so that all-equal rows pick two different samples.
-            rejected.append(len(group) - 1 - int(np.argmin(row_means[::-1])))
-        output = {"win_probs": win_probs, "chosen_index": chosen, "rejected_index": rejected}
-        with self.cache.write("preferences", key, inputs) as staging:
-            (staging / "output.json").write_text(json.dumps(output), encoding="utf-8")
-        return key, output
+
+        def judge() -> dict[str, Any]:
+            win_probs, chosen, rejected = [], [], []
+            for prompt, group in zip(prompts, responses, strict=True):
+                matrix = np.asarray(self.judge.preference_matrix(prompt, group), dtype=float)
+                row_means = matrix.mean(axis=1)
+                win_probs.append(row_means.tolist())
+                chosen.append(int(np.argmax(row_means)))
+                # argmin over the reversed order so that all-equal rows pick two different samples.
+                rejected.append(len(group) - 1 - int(np.argmin(row_means[::-1])))
+            return {"win_probs": win_probs, "chosen_index": chosen, "rejected_index": rejected}
+
+        return key, self.cache.compute_json("preferences", key, inputs, judge)
 
     def logps(self, samples_key: str, policy: PolicyRef, prompts: list[str], responses: list[list[str]]) -> tuple[str, dict[str, Any]]:
         """Return log π_t and log μ of every sample, computed once with each model loaded in turn."""
@@ -280,25 +282,26 @@ class TinyWorld:
         base = self.base_policy
         inputs = {"samples": samples_key, "policy": policy.key, "base": base.key, **lengths}
         key = self.cache.key("logps", inputs)
-        if self.cache.lookup("logps", key) is not None:
-            return key, self.cache.load_json("logps", key)
-        flat_prompts = [prompt for prompt, group in zip(prompts, responses, strict=True) for _ in group]
-        flat_responses = [response for group in responses for response in group]
-        values: dict[str, list[float]] = {}
-        for name, ref in (("policy", policy), ("base", base)):
-            if name == "base" and ref.key == policy.key:
-                values["base"] = values["policy"]
-                continue
-            model, tokenizer = self.load_policy(ref)
-            values[name] = tiny.batched_sequence_logps(model, tokenizer, flat_prompts, flat_responses, **lengths).tolist()
-            del model
-        width = len(responses[0])
-        output = {
-            name: [flat[i : i + width] for i in range(0, len(flat), width)] for name, flat in values.items()
-        }
-        with self.cache.write("logps", key, inputs) as staging:
-            (staging / "output.json").write_text(json.dumps(output), encoding="utf-8")
-        return key, output
+
+        def score() -> dict[str, Any]:
+            flat_prompts = [prompt for prompt, group in zip(prompts, responses, strict=True) for _ in group]
+            flat_responses = [response for group in responses for response in group]
+            values: dict[str, list[float]] = {}
+            for name, ref in (("policy", policy), ("base", base)):
+                if name == "base" and ref.key == policy.key:
+                    values["base"] = values["policy"]
+                    continue
+                model, tokenizer = self.load_policy(ref)
+                logps = tiny.batched_sequence_logps(model, tokenizer, flat_prompts, flat_responses, **lengths)
+                values[name] = logps.tolist()
+                del model
+            width = len(responses[0])
+            return {
+                name: [flat[i : i + width] for i in range(0, len(flat), width)]
+                for name, flat in values.items()
+            }
+
+        return key, self.cache.compute_json("logps", key, inputs, score)
 
 
 def _iteration_metrics(responses, prefs, logps) -> dict[str, float]:
@@ -332,7 +335,11 @@ def run_selfplay(
     *,
     on_iteration: IterationCallback | None = None,
 ) -> PolicyRef:
-    """Run every self-play iteration of one trial and return the final policy."""
+    """Run every self-play iteration of one trial and return the final policy.
+
+    An exception raised by ``on_iteration`` (such as ``optuna.TrialPruned``) stops
+    self-play after that iteration and propagates to the caller.
+    """
     config = world.config
     loss_fn = build_loss(variant, coef, config.sweep.beta)
     spec = loss_spec(variant, coef, config.sweep.beta)
@@ -356,22 +363,23 @@ def run_selfplay(
             "ref_samples": ref_key, "loss": spec, "training": training_key(config.training), "seed": seed,
         }
         key = world.cache.key("policy", inputs)
-        if world.cache.lookup("policy", key) is None:
+
+        def train(staging: Path) -> None:
             records = _pair_records(prompts, responses, prefs, logps, ref_responses)
             model, tokenizer = world.load_policy(policy, training=True)
             torch.manual_seed(seed)
             train_metrics = train_iteration(
                 model, tokenizer, records, loss_fn, config.training, seed=seed, iteration=iteration
             )
-            with world.cache.write("policy", key, inputs) as staging:
-                world.save_policy(model, tokenizer, staging)
-                (staging / "train_metrics.json").write_text(json.dumps(train_metrics), encoding="utf-8")
-            del model
+            world.save_policy(model, tokenizer, staging)
+            (staging / "train_metrics.json").write_text(json.dumps(train_metrics), encoding="utf-8")
+
+        path = world.cache.compute("policy", key, inputs, train)
         train_metrics = world.cache.load_json("policy", key, "train_metrics.json")
         metrics.update({f"train/{name}": value for name, value in train_metrics.items()})
+        policy = PolicyRef(key, path)
         if on_iteration is not None:
-            on_iteration(iteration, metrics)
-        policy = PolicyRef(key, world.cache.path("policy", key))
+            on_iteration(iteration, policy, metrics)
     return policy
 
 

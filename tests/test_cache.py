@@ -206,3 +206,113 @@ def test_cli_prune_and_info(killed_writer_cache):
     assert pruned.returncode == 0, pruned.stderr[-2000:]
     assert "removed no entries and 1 temporary folders" in pruned.stdout
     assert killed_writer_cache.temp_folders() == []
+
+
+# Compute locks --------------------------------------------------------------------
+
+def compute_slowly(root: Path, computed: Path, result: Path) -> None:
+    """Compute 'samples' KEY_A through the cache, appending the pid to ``computed`` on a miss."""
+    cache = StageCache(root)
+
+    def slow_value() -> str:
+        with open(computed, "a", encoding="utf-8") as stream:
+            stream.write(f"{os.getpid()}\n")
+        time.sleep(2)
+        return "value"
+
+    value = cache.compute_json("samples", KEY_A, {}, slow_value)
+    summary = {"value": value, "hits": cache.hits, "misses": cache.misses}
+    result.write_text(json.dumps(summary), encoding="utf-8")
+
+
+def compute_until_killed(root: Path, started: Path) -> None:
+    cache = StageCache(root)
+
+    def endless_value() -> str:
+        started.write_text(str(os.getpid()), encoding="utf-8")
+        time.sleep(600)
+        return "never"
+
+    cache.compute_json("samples", KEY_A, {}, endless_value)
+
+
+def wait_for_file(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_concurrent_compute_runs_once(tmp_path):
+    """The second process misses while the first computes, waits for the lock and reads the entry."""
+    context = multiprocessing.get_context("fork")
+    computed = tmp_path / "computed.txt"
+    root = tmp_path / "cache"
+    first = context.Process(target=compute_slowly, args=(root, computed, tmp_path / "first.json"))
+    second = context.Process(target=compute_slowly, args=(root, computed, tmp_path / "second.json"))
+
+    first.start()
+    wait_for_file(computed)
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+
+    assert first.exitcode == 0
+    assert second.exitcode == 0
+    assert computed.read_text(encoding="utf-8").splitlines() == [str(first.pid)]
+    first_result = json.loads((tmp_path / "first.json").read_text(encoding="utf-8"))
+    second_result = json.loads((tmp_path / "second.json").read_text(encoding="utf-8"))
+    assert first_result == {"value": "value", "hits": 0, "misses": 1}
+    assert second_result == {"value": "value", "hits": 1, "misses": 0}
+    cache = StageCache(root)
+    assert not cache.lock_path("samples", KEY_A).exists()
+    assert cache.temp_folders() == []
+
+
+def test_killed_lock_holder_releases_key(tmp_path):
+    """SIGKILL ends the holder's flock, so the waiting process computes the entry itself."""
+    context = multiprocessing.get_context("fork")
+    started = tmp_path / "started.txt"
+    computed = tmp_path / "computed.txt"
+    root = tmp_path / "cache"
+    holder = context.Process(target=compute_until_killed, args=(root, started))
+    waiter = context.Process(target=compute_slowly, args=(root, computed, tmp_path / "waiter.json"))
+
+    holder.start()
+    try:
+        wait_for_file(started)
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive()
+        assert not computed.exists(), "the waiter computed while the holder was alive"
+    finally:
+        # The holder sleeps for 10 minutes, so end it even when a check above fails.
+        os.kill(holder.pid, signal.SIGKILL)
+    holder.join(timeout=60)
+    waiter.join(timeout=60)
+
+    assert holder.exitcode == -signal.SIGKILL
+    assert waiter.exitcode == 0
+    assert computed.read_text(encoding="utf-8").splitlines() == [str(waiter.pid)]
+    result = json.loads((tmp_path / "waiter.json").read_text(encoding="utf-8"))
+    assert result["value"] == "value"
+    cache = StageCache(root)
+    assert cache.load_json("samples", KEY_A) == "value"
+    assert not cache.lock_path("samples", KEY_A).exists()
+    # The killed holder's temporary folder stays until prune removes it.
+    assert len(cache.temp_folders()) == 1
+
+
+def test_failed_compute_leaves_key_unlocked(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def failing_value() -> str:
+        raise RuntimeError("stage failed")
+
+    with pytest.raises(RuntimeError, match="stage failed"):
+        cache.compute_json("samples", KEY_A, {}, failing_value)
+
+    assert not cache.exists("samples", KEY_A)
+    assert not cache.lock_path("samples", KEY_A).exists()
+    assert cache.compute_json("samples", KEY_A, {}, lambda: "value") == "value"
+    assert cache.compute_json("samples", KEY_A, {}, failing_value) == "value"

@@ -37,8 +37,9 @@ def test_negative_coefficient_names_value(tmp_path):
     path = write(tmp_path, "name: x\nsweep:\n  variants: [{name: a, regularizers: [{name: reverse_kl}], coefs: [0.1, -0.5]}]\n")
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
-    assert "sweep.variants[0].coefs" in result.output
-    assert "-0.5" in result.output
+    assert "sweep.variants[0].coefs[1]: coefficient λ must be >= 0" in result.output
+    assert "(received: -0.5)" in result.output
+    assert result.output.count("-0.5") == 1
 
 
 def test_unknown_regularizer_lists_choices(tmp_path):
@@ -59,7 +60,7 @@ def test_every_error_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     locations = sorted(location for location, _, _ in info.value.errors)
-    expected = ["seeed", "sweep.variants[0].coefs", "sweep.variants[0].regularizers[0].name", "training.learning_rate"]
+    expected = ["seeed", "sweep.variants[0].coefs[0]", "sweep.variants[0].regularizers[0].name", "training.learning_rate"]
     assert locations == expected
 
 

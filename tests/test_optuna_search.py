@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from rspo_bench.cache import StageCache
 from rspo_bench.config import ConfigError, load_config, parse_config
 from rspo_bench.sweeps import optuna_search as search
-from rspo_bench.sweeps.grid import describe_trials
+from rspo_bench.sweeps.executors import TinyExecutor
+from rspo_bench.sweeps.grid import TrialSpec, describe_trials
+from rspo_bench.tracking import SweepTracker
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_OPTUNA = REPO / "experiments" / "smoke_optuna.yaml"
@@ -298,3 +302,66 @@ def test_smoke_optuna_search_runs(tmp_path, data_dir):
     assert len(finished) == 9
     assert search.sampled_slots(study) == 8
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+class LookupCountingCache(StageCache):
+    """A stage cache that counts its lookups per stage."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.lookups: Counter[str] = Counter()
+
+    def lookup(self, stage: str, key: str) -> Path | None:
+        self.lookups[stage] += 1
+        return super().lookup(stage, key)
+
+
+class RecordingReporter:
+    """A trial reporter that records each step and raises TrialPruned at ``prune_at``."""
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.prune_at = prune_at
+        self.steps: list[int] = []
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        self.steps.append(step)
+        if step == self.prune_at:
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+
+def every_iteration_trial(tmp_path: Path, data_dir: Path) -> tuple[TinyExecutor, LookupCountingCache, TrialSpec]:
+    raw = yaml.safe_load(SEARCH_WORLD.format(name="once") + "sweep:\n" + SEARCH_VARIANTS)
+    config = parse_config(raw)
+    assert config.selfplay.iterations == 2
+    cache = LookupCountingCache(tmp_path / "cache")
+    executor = TinyExecutor(config, cache, data_dir)
+    spec = TrialSpec(key="sharp-0", variant=config.sweep.variants[0], coef=0.0)
+    return executor, cache, spec
+
+
+def test_every_iteration_runs_selfplay_once(tmp_path, data_dir):
+    """Each iteration's policy stage is looked up once, so self-play is not re-entered per evaluation."""
+    executor, cache, spec = every_iteration_trial(tmp_path, data_dir)
+    tracker = SweepTracker("", "once", enabled=False)
+    reporter = RecordingReporter()
+
+    executor.run(spec, tracker, "", reporter)
+
+    assert reporter.steps == [1, 2]
+    assert cache.lookups["policy"] == 2
+    assert cache.lookups["samples"] == 2
+    # One evaluation per iteration and one of the final policy, which hits the iteration-2 entry.
+    assert cache.lookups["eval_generations"] == 3
+
+
+def test_pruned_trial_stops_selfplay(tmp_path, data_dir):
+    executor, cache, spec = every_iteration_trial(tmp_path, data_dir)
+    tracker = SweepTracker("", "once", enabled=False)
+    reporter = RecordingReporter(prune_at=1)
+
+    with pytest.raises(optuna.TrialPruned):
+        executor.run(spec, tracker, "", reporter)
+
+    assert reporter.steps == [1]
+    assert cache.lookups["policy"] == 1
+    assert cache.lookups["eval_generations"] == 1

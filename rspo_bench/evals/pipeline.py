@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,14 +77,14 @@ def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str
         **world.sampling_inputs(settings.sampling, seed),
     }
     key = world.cache.key("eval_generations", inputs)
-    if world.cache.lookup("eval_generations", key) is None:
+
+    def generate() -> list[str]:
         model, tokenizer = world.load_policy(policy)
         logger.info("AlpacaEval-2: generating for %d instructions", len(instructions))
         responses = world.generate(model, tokenizer, instructions, settings.sampling, seed=seed, num_samples=1)
-        outputs = [group[0] for group in responses]
-        with world.cache.write("eval_generations", key, inputs) as staging:
-            (staging / "output.json").write_text(json.dumps(outputs), encoding="utf-8")
-    outputs = world.cache.load_json("eval_generations", key)
+        return [group[0] for group in responses]
+
+    outputs = world.cache.compute_json("eval_generations", key, inputs, generate)
 
     judge_settings = world.config.evaluation.judge
     if judge_settings.kind == "llm":
@@ -96,15 +95,14 @@ def evaluate_alpaca_eval2(world: TinyWorld, policy: PolicyRef, *, generator: str
         judge_identity = world.judge.fingerprint()
     judged_inputs = {"generations": key, "judge": judge_identity, "baseline": stable_hash(baseline_outputs)}
     judged_key = world.cache.key("eval_judgments", judged_inputs)
-    if world.cache.lookup("eval_judgments", judged_key) is None:
+
+    def judge() -> list[float]:
         logger.info("AlpacaEval-2: judging %d outputs against the baseline with %s", len(outputs), annotator)
         if judge_settings.kind == "llm":
-            preferences = _llm_preferences(world, instructions, outputs, baseline_outputs)
-        else:
-            preferences = alpaca_eval2.judge_outputs(world.judge, instructions, outputs, baseline_outputs).tolist()
-        with world.cache.write("eval_judgments", judged_key, judged_inputs) as staging:
-            (staging / "output.json").write_text(json.dumps(preferences), encoding="utf-8")
-    preferences = world.cache.load_json("eval_judgments", judged_key)
+            return _llm_preferences(world, instructions, outputs, baseline_outputs)
+        return alpaca_eval2.judge_outputs(world.judge, instructions, outputs, baseline_outputs).tolist()
+
+    preferences = world.cache.compute_json("eval_judgments", judged_key, judged_inputs, judge)
 
     annotations = alpaca_eval2.annotations_frame(
         instructions, outputs, baseline_outputs, preferences,

@@ -110,11 +110,7 @@ class PolicyEvaluator:
         """Return (key, value) of a JSON stage, computing and storing it on a miss."""
         cache = self.world.cache
         key = cache.key(stage, inputs)
-        if cache.lookup(stage, key) is None:
-            value = compute()
-            with cache.write(stage, key, inputs) as staging:
-                (staging / "output.json").write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        return key, cache.load_json(stage, key)
+        return key, cache.compute_json(stage, key, inputs, compute)
 
     def judge_model(self, benchmark: str) -> str:
         """Return the LLM judge of a benchmark: its own ``judge_model``, else ``evaluation.judge.model``."""

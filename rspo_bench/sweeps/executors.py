@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..cache import StageCache
 from ..config import ExperimentConfig
 from ..logs import get_logger
 from ..tracking import SweepTracker
 from .grid import TrialSpec
+
+if TYPE_CHECKING:
+    from ..selfplay import PolicyRef
 
 logger = get_logger(__name__)
 
@@ -40,20 +43,6 @@ class TrialExecutor(Protocol):
 
 
 EVAL_METRICS = ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "avg_length")
-
-
-class _IterationLimitedWorld:
-    """A view of a TinyWorld whose config stops self-play after ``iterations`` iterations."""
-
-    def __init__(self, world: Any, iterations: int) -> None:
-        self._world = world
-        config = world.config
-        self.config = config.model_copy(
-            update={"selfplay": config.selfplay.model_copy(update={"iterations": iterations})}
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._world, name)
 
 
 class TinyExecutor:
@@ -139,30 +128,29 @@ class TinyExecutor:
                 tracker.log_json(run_id, name, value)
 
     @staticmethod
-    def _selfplay(
-        world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str, only_iteration: int | None = None
-    ):
+    def _selfplay(world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str):
         from ..selfplay import run_selfplay
 
-        def log_iteration(iteration: int, metrics: dict[str, float]) -> None:
-            if only_iteration is None or iteration == only_iteration:
-                tracker.log_metrics(run_id, metrics, step=iteration)
+        def log_iteration(iteration: int, policy: PolicyRef, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(run_id, metrics, step=iteration)
 
         return run_selfplay(world, spec.variant, spec.coef, on_iteration=log_iteration)
 
     def _selfplay_with_evaluations(self, spec: TrialSpec, tracker: SweepTracker, run_id: str,
                                    reporter: TrialReporter | None):
-        """Run self-play, evaluating and reporting after every iteration; a pruned trial stops here."""
-        from ..evals.pipeline import evaluate_alpaca_eval2
+        """Run self-play once, evaluating and reporting after every iteration.
 
-        # NOTE: run_selfplay's callback does not receive the new policy, so self-play
-        # runs once per iteration count 1, 2, ..., T; each run takes the iterations
-        # before its last one from the stage cache (lookups and JSON reads only).
+        ``reporter.report`` raises ``optuna.TrialPruned`` inside the iteration callback.
+        The exception ends self-play before the next iteration and propagates to the
+        sweep engine, which records the trial as pruned.
+        """
+        from ..evals.pipeline import evaluate_alpaca_eval2
+        from ..selfplay import run_selfplay
+
         world = self.world
-        policy = None
-        for iteration in range(1, world.config.selfplay.iterations + 1):
-            view = _IterationLimitedWorld(world, iteration)
-            policy = self._selfplay(view, spec, tracker, run_id, only_iteration=iteration)
+
+        def evaluate_iteration(iteration: int, policy: PolicyRef, selfplay_metrics: dict[str, float]) -> None:
+            tracker.log_metrics(run_id, selfplay_metrics, step=iteration)
             generator = f"{world.config.name}/{spec.key}/iter{iteration}"
             result = evaluate_alpaca_eval2(world, policy, generator=generator)
             metrics = {f"alpaca_eval2/{name}": float(result.metrics[name]) for name in EVAL_METRICS}
@@ -172,7 +160,8 @@ class TinyExecutor:
                         metrics["alpaca_eval2/lc_win_rate"])
             if reporter is not None:
                 reporter.report(iteration, metrics)
-        return policy
+
+        return run_selfplay(world, spec.variant, spec.coef, on_iteration=evaluate_iteration)
 
 
 def build_executor(config: ExperimentConfig, cache: StageCache, data_dir: str | Path | None) -> TrialExecutor:
