@@ -646,7 +646,7 @@ class MTBenchConfig(StrictModel):
             raise ValueError(f"temperatures lacks the MT-Bench categories {missing}; give a value for each")
         negative = {name: value for name, value in temperatures.items() if value < 0}
         if negative:
-            raise ValueError(f"temperatures must be >= 0, got {negative}")
+            raise ValueError(f"temperatures must be >= 0; the categories {sorted(negative)} have negative values")
         return temperatures
 
 
