@@ -140,6 +140,10 @@ def train_iteration(
 
     Raises :class:`TrainingDivergedError` when the loss is not finite, naming the
     step and the loss terms, before the optimiser applies the bad update.
+
+    NOTE: under ZeRO-3 ``model`` keeps only this process's shard of each parameter
+    afterwards. Gather it with ``deepspeed.zero.GatheredParameters`` before reading
+    or saving the weights.
     """
     if not records:
         raise ValueError(f"iteration {iteration}: no training pairs")
