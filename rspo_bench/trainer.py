@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from transformers import get_linear_schedule_with_warmup
 
 from .config import TrainingConfig
@@ -92,6 +92,39 @@ def _reference_sample_logps(model, tokenizer, records: list[PairRecord], config:
     )
 
 
+def build_accelerator() -> Accelerator:
+    """Create the Accelerator that :func:`train_iteration` uses when the caller passes none.
+
+    Without CUDA the processes run on CPU. Under a DeepSpeed launch they then get
+    ``cpu=False`` and the gloo backend, because accelerate 1.16 ignores DeepSpeed when
+    ``cpu=True``, and without an explicit backend it reports one process of rank 0 in
+    every process.
+    """
+    # The scheduler steps once per optimiser step, while accelerate's default steps it once per process.
+    if torch.cuda.is_available():
+        return Accelerator(step_scheduler_with_optimizer=False)
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        gloo_backend = InitProcessGroupKwargs(backend="gloo")
+        return Accelerator(step_scheduler_with_optimizer=False, kwargs_handlers=[gloo_backend])
+    return Accelerator(cpu=True, step_scheduler_with_optimizer=False)
+
+
+def _configure_deepspeed(accelerator: Accelerator, config: TrainingConfig) -> None:
+    """Set DeepSpeed's rows per process and optimiser step, which it needs without a prepared dataloader."""
+    plugin = accelerator.state.deepspeed_plugin
+    accumulation = plugin.deepspeed_config.get("gradient_accumulation_steps", 1)
+    if accumulation not in (1, "auto"):
+        raise ValueError(
+            f"DeepSpeed gradient_accumulation_steps is {accumulation}, but train_iteration accumulates the "
+            f"micro-batches of training.per_device_batch_size itself. Set it to 1 in the accelerate config."
+        )
+    if plugin.is_auto("train_micro_batch_size_per_gpu"):
+        # The trainer builds its own batches, so DeepSpeed 0.19.8 only checks this value against
+        # train_batch_size and reports throughput from it.
+        rows_per_process = config.batch_size // accelerator.num_processes
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = rows_per_process
+
+
 def train_iteration(
     model: torch.nn.Module,
     tokenizer,
@@ -107,11 +140,14 @@ def train_iteration(
 
     Raises :class:`TrainingDivergedError` when the loss is not finite, naming the
     step and the loss terms, before the optimiser applies the bad update.
+
+    NOTE: under ZeRO-3 ``model`` keeps only this process's shard of each parameter
+    afterwards. Gather it with ``deepspeed.zero.GatheredParameters`` before reading
+    or saving the weights.
     """
     if not records:
         raise ValueError(f"iteration {iteration}: no training pairs")
-    # The scheduler steps once per optimiser step; accelerate's default would step it once per process.
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    accelerator = accelerator or build_accelerator()
     world_size = accelerator.num_processes
     if config.batch_size % world_size:
         raise ValueError(
@@ -125,6 +161,8 @@ def train_iteration(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, num_warmup_steps=int(config.lr_warmup_ratio * total_steps), num_training_steps=total_steps
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed(accelerator, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     generator = torch.Generator().manual_seed(seed)
@@ -188,8 +226,8 @@ def _gradient_sync(accelerator: Accelerator, model, *, sync: bool):
         return
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # accelerate 1.16 steps the DeepSpeed engine in backward() only when sync_gradients is set;
-        # accelerate's own accumulate() toggles the same flag.
-        # NOTE: no test runs this branch, because the tests run without DeepSpeed.
+        # accelerate's own accumulate() toggles the same flag. The slow ZeRO-3 test in
+        # tests/test_accelerate_launch.py runs this branch on CPU (DeepSpeed 0.19.8).
         accelerator.gradient_state._set_sync_gradients(False)
         try:
             yield
