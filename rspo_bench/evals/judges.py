@@ -183,9 +183,15 @@ class JudgeRequest:
         return body
 
 
-def request_cache_key(model: str, payload: Mapping[str, Any]) -> str:
-    """Return the SHA-256 hex digest of the judge model and the request payload."""
-    return hashlib.sha256(canonical_json({"model": model, "payload": payload}).encode("utf-8")).hexdigest()
+def request_cache_key(model: str, payload: Mapping[str, Any], url: str | None = None) -> str:
+    """Return the SHA-256 hex digest of the endpoint URL, the judge model and the request payload.
+
+    The URL is part of the key because two servers may serve different models under one name.
+    """
+    identity: dict[str, Any] = {"model": model, "payload": payload}
+    if url is not None:
+        identity["url"] = url
+    return hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -645,8 +651,8 @@ class ChatJudgeClient:
     # Public API
 
     def cache_key(self, request: JudgeRequest) -> str:
-        """Return the cache key of a request: SHA-256 of the model and the payload."""
-        return request_cache_key(self.model, request.payload(self.model))
+        """Return the cache key of a request: SHA-256 of the endpoint URL, the model and the payload."""
+        return request_cache_key(self.model, request.payload(self.model), self.url)
 
     def complete(self, request: JudgeRequest, *, run: str = "default") -> JudgeResponse:
         """Return the judgment of one request, from the cache or the endpoint; raise its error on failure."""
@@ -730,16 +736,23 @@ class ChatJudgeClient:
     ) -> None:
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(keys))) as pool:
             futures = {pool.submit(self._fetch, key, requests[key], run): key for key in keys}
-            for future in as_completed(futures):
-                key = futures[future]
-                try:
-                    results[key] = future.result()
-                except JudgeHTTPError:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                except JudgeError as error:
-                    failures[key] = error
-                advance(1)
+            try:
+                for future in as_completed(futures):
+                    key = futures[future]
+                    try:
+                        results[key] = future.result()
+                    except JudgeHTTPError:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
+                    except JudgeError as error:
+                        failures[key] = error
+                    advance(1)
+            except KeyboardInterrupt:
+                # Stop spending on the endpoint: only the requests already in flight finish and are stored.
+                pending = sum(not future.done() for future in futures)
+                logger.warning("judge %s: interrupted; cancelling up to %d queued requests", self.model, pending)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def _fetch(self, key: str, request: JudgeRequest, run: str) -> JudgeResponse:
         """Fetch one judgment, or wait for the thread that is already fetching the same key."""
