@@ -77,8 +77,19 @@ def training_key(training: TrainingConfig) -> dict[str, Any]:
     An unset per_device_batch_size is left out, so policies cached before the field
     existed keep their keys. A set one enters the key because micro-batches change the
     float rounding of the update.
+
+    The launcher is always left out. Splitting each global batch over N processes
+    computes the same update up to float rounding (tests/test_launched_training.py
+    checks this within 1e-4), as moving from CPU to GPU does, and the device is not
+    in the key either. So a cache filled on one GPU serves a launch on eight.
+    NOTE: an accelerate config with mixed_precision bf16 under DeepSpeed keeps float32
+    master weights, which in-process bfloat16 training lacks. Those two policies differ
+    by more than rounding but share a key.
     """
-    return training.model_dump(exclude={"per_device_batch_size"} if training.per_device_batch_size is None else None)
+    excluded = {"launcher"}
+    if training.per_device_batch_size is None:
+        excluded.add("per_device_batch_size")
+    return training.model_dump(exclude=excluded)
 
 
 def _normalized(text: str) -> str:
