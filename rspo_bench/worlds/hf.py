@@ -237,7 +237,7 @@ def save_policy(
     LoRA adapters are merged into the weights first, so every saved iterate loads
     without peft. With an ``accelerator``, pass the prepared model: its full state
     dict is gathered and only the main process writes. Under ZeRO-3 every process
-    must call this, because each holds one shard of the weights.
+    must call this, because each process contains only its shard of the weights.
     """
     path = Path(path)
     state_dict = None
