@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,8 @@ logger = get_logger(__name__)
 JOB_FORMAT = 1
 # Lines of the launch's output quoted in the error when it fails.
 LOG_TAIL_LINES = 40
+# A Python exception line, such as "ValueError: ..." or "torch.OutOfMemoryError: ...".
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
 
 
 class LaunchError(RuntimeError):
@@ -137,11 +140,16 @@ def write_job(
 
 
 def run_launch(command: list[str], log_path: Path) -> None:
-    """Run ``command``, copy its output to stderr and ``log_path``, and raise :class:`LaunchError` on failure."""
+    """Run ``command``, copy its output to stderr and ``log_path``, and raise :class:`LaunchError` on failure.
+
+    The error quotes the first exception line of the output, which is usually the
+    training process's own error, and the last lines, which are torchrun's summary.
+    """
     python_folder = str(Path(sys.executable).parent)
     environment = {**os.environ, "PATH": os.pathsep.join([python_folder, os.environ.get("PATH", "")])}
     logger.info("launching: %s", " ".join(command))
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    first_error = None
     with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, bufsize=1
     ) as process:
@@ -149,12 +157,14 @@ def run_launch(command: list[str], log_path: Path) -> None:
             log.write(line)
             sys.stderr.write(line)
             tail.append(line.rstrip("\n"))
+            if first_error is None and EXCEPTION_LINE.match(line):
+                first_error = line.strip()
         returncode = process.wait()
     if returncode != 0:
         last_lines = "\n".join(tail)
         raise LaunchError(
-            f"accelerate launch exited with status {returncode}; the last {len(tail)} lines of its output "
-            f"({log_path}):\n{last_lines}"
+            f"accelerate launch exited with status {returncode}. First error: {first_error or 'none found'}. "
+            f"The full output is in {log_path}; its last {len(tail)} lines:\n{last_lines}"
         )
 
 
@@ -173,13 +183,15 @@ def launch_training(
     launcher = world.config.training.launcher
     if launcher is None:
         raise ValueError("launch_training needs training.launcher to be set")
-    with tempfile.TemporaryDirectory(prefix=f"rspo-train-iter{iteration}-") as folder:
-        job_path = Path(folder) / "job.json"
-        write_job(
-            job_path, world=world, parent=parent, records=records, variant=variant, coef=coef,
-            iteration=iteration, seed=seed, output_dir=output_dir,
-        )
-        run_launch(launch_command(launcher, job_path), Path(folder) / "launch.log")
+    # Removed after a successful launch only, so that a failed launch's log stays readable.
+    folder = Path(tempfile.mkdtemp(prefix=f"rspo-train-iter{iteration}-"))
+    job_path = folder / "job.json"
+    write_job(
+        job_path, world=world, parent=parent, records=records, variant=variant, coef=coef,
+        iteration=iteration, seed=seed, output_dir=output_dir,
+    )
+    run_launch(launch_command(launcher, job_path), folder / "launch.log")
+    shutil.rmtree(folder, ignore_errors=True)
     if not (Path(output_dir) / "train_metrics.json").is_file():
         raise LaunchError(
             f"accelerate launch exited with status 0 but wrote no train_metrics.json into {output_dir}"
