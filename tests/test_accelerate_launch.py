@@ -238,13 +238,19 @@ def launch_training(
 
 
 def assert_matches_single_process(distributed: dict[str, torch.Tensor], policy_dir: Path) -> None:
-    single = single_process_weights(policy_dir)
     initial, _ = tiny.load_policy(policy_dir)
-    initial_state = initial.state_dict()
-    largest_update = max((single[name] - initial_state[name]).abs().max().item() for name in single)
+    assert_weights_match(distributed, single_process_weights(policy_dir), initial.state_dict())
+
+
+def assert_weights_match(
+    distributed: dict[str, torch.Tensor], single: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]
+) -> None:
+    """Check that training moved the weights from ``initial`` and that both runs agree within TOLERANCE."""
+    largest_update = max((single[name] - initial[name]).abs().max().item() for name in single)
     assert largest_update > 100 * TOLERANCE, "training barely moved the weights, so the comparison is empty"
     assert distributed.keys() == single.keys()
     for name, tensor in single.items():
+        assert distributed[name].shape == tensor.shape, f"{name}: shape {distributed[name].shape}, not {tensor.shape}"
         difference = (distributed[name] - tensor).abs().max().item()
         assert difference <= TOLERANCE, (
             f"{name}: two-process and single-process weights differ by {difference:.3g}"
