@@ -119,7 +119,7 @@ def write_job(
     output_dir: Path,
 ) -> None:
     """Write everything the launched processes need to train one iteration as the sweep process would."""
-    # The launched processes train in place, so their copy of the config has no launcher.
+    # The launched processes train in their own process, so their copy of the config has no launcher.
     training = world.config.training.model_copy(update={"launcher": None})
     config = world.config.model_copy(update={"training": training})
     job = {

@@ -7,6 +7,9 @@ over gloo. (``accelerate launch --cpu`` with several processes needs mpirun in
 accelerate 1.16 and otherwise starts one.) The slow ZeRO-3 test launches
 ``experiments/accelerate/zero3.yaml`` in float32, where DeepSpeed runs on its CPU
 accelerator over gloo and partitions the weights, gradients and optimiser state.
+NOTE: DeepSpeed 0.19.8 keeps weights below stage3_param_persistence_threshold
+(100,000 elements) whole on every process, which covers every weight of this model.
+tests/test_launched_training.py sets the threshold to 0 to shard them.
 
 ``rspo_bench.trainer.train_iteration`` cuts each global batch of
 ``training.batch_size`` rows into one shard per process (rank r takes every
