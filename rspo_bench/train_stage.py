@@ -216,6 +216,18 @@ def _build_world(config: ExperimentConfig, cache: StageCache, data_dir: str) -> 
     raise ValueError(f"world.kind {config.world.kind!r} has no language-model policy to train")
 
 
+def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """Average each process's mean metrics, which are over its own rows, into the global batch's means.
+
+    Every process trains on the same number of rows per step, so the mean of the
+    processes' means is the mean over the global batch, as in one process.
+    """
+    names = sorted(metrics)
+    values = torch.tensor([metrics[name] for name in names], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(names, values.tolist(), strict=True))
+
+
 def run_job(job: dict[str, Any]) -> dict[str, float]:
     """Train the job's iteration in this launched process and save the policy; return the mean metrics."""
     from .selfplay import PolicyRef, build_loss
@@ -244,6 +256,7 @@ def run_job(job: dict[str, Any]) -> dict[str, float]:
         model, tokenizer, records, loss_fn, config.training, seed=seed, iteration=int(job["iteration"]),
         accelerator=accelerator, after_training=save,
     )
+    metrics = _mean_over_processes(metrics, accelerator)
     if accelerator.is_main_process:
         (output_dir / "train_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     # All processes close the process group together; a process that exits first made another

@@ -98,6 +98,12 @@ def assert_launch_matches_in_process(raw: dict, launched_cache: Path, tmp_path: 
     assert policy_entries(reference_cache) == entries
 
     assert_weights_match(saved_weights(launched_path), saved_weights(reference_path), saved_weights(base_path))
+    launched_metrics = json.loads((launched_path / "train_metrics.json").read_text(encoding="utf-8"))
+    reference_metrics = json.loads((reference_path / "train_metrics.json").read_text(encoding="utf-8"))
+    assert launched_metrics.keys() == reference_metrics.keys()
+    for name, value in reference_metrics.items():
+        # Means over the global batch, not over rank 0's half of it.
+        assert launched_metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     return launched_path
 
 
@@ -255,6 +261,14 @@ def test_launcher_num_processes_positive():
     raw["training"]["launcher"]["num_processes"] = 0
 
     with pytest.raises(ConfigError, match=r"training\.launcher\.num_processes"):
+        parse_config(raw)
+
+
+def test_launcher_rejected_in_game_world():
+    raw = launched_config("experiments/accelerate/ddp.yaml")
+    raw["world"] = {"kind": "game", "game": {}}
+
+    with pytest.raises(ConfigError, match="training.launcher applies only to world.kind 'tiny' or 'hf'"):
         parse_config(raw)
 
 
