@@ -122,7 +122,6 @@ def sweep(
     report is written by the process that finds the last trial finished.
     """
     from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
-
     from .train_stage import LaunchError, check_launcher
 
     experiment = _load_or_exit(config)
@@ -175,8 +174,8 @@ def train(
     <experiment name>.train.<variant>-<coef>, and shares the stage cache of
     --workdir with sweeps, so a later sweep reuses its policies.
     """
-    from .sweeps.runner import SweepPaths, SweepSetupError, run_sweep
     from .sweeps.grid import single_trial_config
+    from .sweeps.runner import SweepPaths, SweepSetupError, run_sweep
     from .train_stage import LaunchError, check_launcher
 
     experiment = _load_or_exit(config)

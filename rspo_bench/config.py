@@ -740,6 +740,15 @@ class ExperimentConfig(StrictModel):
         self.prompts.check_iterations(self.selfplay.iterations)
         return self
 
+    @model_validator(mode="after")
+    def _launcher_needs_language_model(self) -> ExperimentConfig:
+        if self.training.launcher is not None and self.world.kind == "game":
+            raise ValueError(
+                "training.launcher applies only to world.kind 'tiny' or 'hf', because the game world trains "
+                "its policy table in the sweep's process; remove training.launcher"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """An experiment file is invalid; ``errors`` lists (field path, message, value received)."""
