@@ -157,7 +157,7 @@ def sweep(
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
-    variant: Annotated[str, typer.Option("--variant", help="Name of the variant in sweep.variants to train.")],
+    variant: Annotated[str, typer.Option("--variant", help="Name of the variant in sweep.variants.")],
     coef: Annotated[float | None, typer.Option(
         "--coef", min=0,
         help="Regularizer coefficient λ; default: the variant's only entry in coefs.",

@@ -70,7 +70,7 @@ def accelerate_cli(python: str | os.PathLike[str] = sys.executable) -> str:
 
 
 def resolve_config_file(launcher: LauncherConfig) -> Path:
-    """Return the launcher's accelerate config file as an absolute path; a relative one is taken from the CWD."""
+    """Return the launcher's accelerate config file as an absolute path; a relative one starts at the CWD."""
     path = launcher.config_file.expanduser().resolve()
     if not path.is_file():
         raise LaunchError(
@@ -125,7 +125,6 @@ def write_job(
     job = {
         "format": JOB_FORMAT,
         "config": config.model_dump(mode="json"),
-        "world_kind": config.world.kind,
         "data_dir": str(world.data_dir),
         "cache_dir": str(Path(world.cache.root).resolve()),
         "parent": {"key": parent.key, "path": str(Path(parent.path))},
@@ -179,7 +178,7 @@ def launch_training(
     seed: int,
     output_dir: Path,
 ) -> None:
-    """Train one iteration under ``training.launcher`` and leave the policy and its metrics in ``output_dir``."""
+    """Train one iteration under ``training.launcher``; the policy and its metrics go to ``output_dir``."""
     launcher = world.config.training.launcher
     if launcher is None:
         raise ValueError("launch_training needs training.launcher to be set")

@@ -253,7 +253,7 @@ def assert_weights_match(
     assert largest_update > 100 * TOLERANCE, "training barely moved the weights, so the comparison is empty"
     assert distributed.keys() == single.keys()
     for name, tensor in single.items():
-        assert distributed[name].shape == tensor.shape, f"{name}: shape {distributed[name].shape}, not {tensor.shape}"
+        assert distributed[name].shape == tensor.shape, f"{name}: {distributed[name].shape}, not {tensor.shape}"
         difference = (distributed[name] - tensor).abs().max().item()
         assert difference <= TOLERANCE, (
             f"{name}: two-process and single-process weights differ by {difference:.3g}"

@@ -89,7 +89,7 @@ def assert_launch_matches_in_process(raw: dict, launched_cache: Path, tmp_path: 
     assert len(entries) == 1, f"expected the launched run's one policy entry, found {sorted(entries)}"
     # The launcher is not in the stage key, so the in-process config finds the launched policy.
     launched_path, _ = cached_selfplay(raw, launched_cache, data_dir)
-    assert policy_entries(launched_cache) == entries, "the in-process config trained instead of reading the cache"
+    assert policy_entries(launched_cache) == entries, "the in-process config trained again"
 
     reference_cache = tmp_path / "reference-cache"
     shutil.copytree(launched_cache, reference_cache, ignore=shutil.ignore_patterns("policy"))
@@ -97,7 +97,8 @@ def assert_launch_matches_in_process(raw: dict, launched_cache: Path, tmp_path: 
     assert reference_path.name == launched_path.name
     assert policy_entries(reference_cache) == entries
 
-    assert_weights_match(saved_weights(launched_path), saved_weights(reference_path), saved_weights(base_path))
+    launched, reference = saved_weights(launched_path), saved_weights(reference_path)
+    assert_weights_match(launched, reference, saved_weights(base_path))
     launched_metrics = json.loads((launched_path / "train_metrics.json").read_text(encoding="utf-8"))
     reference_metrics = json.loads((reference_path / "train_metrics.json").read_text(encoding="utf-8"))
     assert launched_metrics.keys() == reference_metrics.keys()
@@ -250,7 +251,7 @@ def test_launch_failure_quotes_log_and_status(tmp_path):
 
 
 def test_launch_failure_quotes_first_error(tmp_path):
-    script = "import sys; print('ValueError: invalid deepspeed config'); print('summary\\n' * 50); sys.exit(1)"
+    script = "print('ValueError: invalid deepspeed config'); print('summary\\n' * 50); raise SystemExit(1)"
 
     with pytest.raises(LaunchError, match="First error: ValueError: invalid deepspeed config"):
         run_launch([sys.executable, "-c", script], tmp_path / "launch.log")
@@ -293,9 +294,12 @@ def test_sweep_command_rejects_missing_launcher_file(tmp_path):
 
 def test_train_command_rejects_unknown_variant(tmp_path):
     config_path = tmp_path / "launched.yaml"
-    config_path.write_text(yaml.safe_dump(launched_config(ROOT / "experiments/accelerate/ddp.yaml")), encoding="utf-8")
+    raw = launched_config(ROOT / "experiments/accelerate/ddp.yaml")
+    config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
-    result = CliRunner().invoke(app, ["train", str(config_path), "--variant", "nope", "--workdir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["train", str(config_path), "--variant", "nope", "--workdir", str(tmp_path)]
+    )
 
     assert result.exit_code == 2, result.output
     assert "variant 'nope' not found" in result.output

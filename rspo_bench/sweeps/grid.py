@@ -89,7 +89,9 @@ def single_trial_config(config: ExperimentConfig, variant_name: str, coef: float
     """
     variants = {variant.name: variant for variant in config.sweep.variants}
     if variant_name not in variants:
-        raise ValueError(f"variant {variant_name!r} not found in sweep.variants; choose one of {sorted(variants)}")
+        raise ValueError(
+            f"variant {variant_name!r} not found in sweep.variants; choose one of {sorted(variants)}"
+        )
     variant = variants[variant_name]
     if coef is None:
         if len(variant.coefs) != 1:

@@ -260,7 +260,8 @@ def _full_state_dict(model: torch.nn.Module, accelerator: Any) -> dict[str, torc
     """Return the unsharded state dict of a prepared model on the main process."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and model.zero_optimization_partition_weights():
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and model.zero_optimization_partition_weights():
         # The engine gathers one layer at a time onto rank 0, in the weights' own dtype, and returns
         # None on the other ranks. accelerate 1.16's get_state_dict calls the same DeepSpeed 0.19.8
         # method but raises when zero3_save_16bit_model is false in the accelerate config.
