@@ -122,11 +122,17 @@ def sweep(
     report is written by the process that finds the last trial finished.
     """
     from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
+    from .train_stage import LaunchError, check_launcher
 
     experiment = _load_or_exit(config)
     if dry_run:
         _print_plan(experiment)
         return
+    try:
+        check_launcher(experiment.training.launcher)
+    except LaunchError as error:
+        console.print(f"[red]cannot start the sweep[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
     if devices is not None and workers == 0:
         console.print("[red]--devices needs --workers N[/red]: trials run in this process otherwise",
                       highlight=False)
@@ -144,6 +150,51 @@ def sweep(
         console.print(f"[red]cannot start the sweep[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     _print_sweep_result(result, workdir, experiment.sweep.objectives[0])
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    variant: Annotated[str, typer.Option("--variant", help="Name of the variant in sweep.variants.")],
+    coef: Annotated[float | None, typer.Option(
+        "--coef", min=0,
+        help="Regularizer coefficient λ; default: the variant's only entry in coefs.",
+    )] = None,
+    workdir: WorkdirOption = Path("runs"),
+    data_dir: DataDirOption = None,
+    tracking_uri: TrackingOption = None,
+    storage: StorageOption = None,
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Run one trial: self-play of one variant at one coefficient, then its evaluation, as a sweep does.
+
+    The trial is recorded in its own study and MLflow experiment, named
+    <experiment name>.train.<variant>-<coef>, and shares the stage cache of
+    --workdir with sweeps, so a later sweep reuses its policies.
+    """
+    from .sweeps.grid import single_trial_config
+    from .sweeps.runner import SweepPaths, SweepSetupError, run_sweep
+    from .train_stage import LaunchError, check_launcher
+
+    experiment = _load_or_exit(config)
+    try:
+        trial_config = single_trial_config(experiment, variant, coef)
+        check_launcher(trial_config.training.launcher)
+    except (ValueError, LaunchError) as error:
+        console.print(f"[red]cannot start the trial[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, storage=storage, cache_dir=cache_dir)
+    try:
+        result = run_sweep(trial_config, paths, data_dir=data_dir, report_formats=())
+    except DataFileNotFoundError as error:
+        console.print(f"[red]missing data[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except SweepSetupError as error:
+        console.print(f"[red]cannot start the trial[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    _print_sweep_result(result, workdir, trial_config.sweep.objectives[0])
     if result.failed:
         raise typer.Exit(1)
 

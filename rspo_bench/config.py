@@ -227,6 +227,18 @@ class SelfPlayConfig(StrictModel):
         return sampling
 
 
+class LauncherConfig(StrictModel):
+    """An ``accelerate launch`` that trains each self-play iteration in separate processes."""
+
+    config_file: Path = Field(
+        description="accelerate config file, e.g. experiments/accelerate/ddp.yaml. A relative path is resolved "
+        "against the working directory of the rspo-bench process, not against the experiment file.",
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Processes to launch; None uses num_processes of the accelerate config file."
+    )
+
+
 class TrainingConfig(StrictModel):
     """Optimisation of one self-play iteration on its winner/loser pairs."""
 
@@ -243,6 +255,11 @@ class TrainingConfig(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0)
     max_prompt_tokens: int = Field(96, ge=8)
     max_response_tokens: int = Field(64, ge=8)
+    launcher: LauncherConfig | None = Field(
+        None,
+        description="Train each iteration under accelerate launch with these settings; None trains in the "
+        "sweep's own process.",
+    )
 
     @model_validator(mode="after")
     def _micro_batches_divide_batch(self) -> TrainingConfig:
@@ -721,6 +738,15 @@ class ExperimentConfig(StrictModel):
     @model_validator(mode="after")
     def _prompt_files_cover_iterations(self) -> ExperimentConfig:
         self.prompts.check_iterations(self.selfplay.iterations)
+        return self
+
+    @model_validator(mode="after")
+    def _launcher_needs_language_model(self) -> ExperimentConfig:
+        if self.training.launcher is not None and self.world.kind == "game":
+            raise ValueError(
+                "training.launcher applies only to world.kind 'tiny' or 'hf', because the game world trains "
+                "its policy table in the sweep's process; remove training.launcher"
+            )
         return self
 
 

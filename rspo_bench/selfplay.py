@@ -77,8 +77,19 @@ def training_key(training: TrainingConfig) -> dict[str, Any]:
     An unset per_device_batch_size is left out, so policies cached before the field
     existed keep their keys. A set one enters the key because micro-batches change the
     float rounding of the update.
+
+    The launcher is always left out. Splitting each global batch over N processes
+    computes the same update up to float rounding (tests/test_launched_training.py
+    checks this within 1e-4), as moving from CPU to GPU does, and the device is not
+    in the key either. So a cache filled on one GPU serves a launch on eight.
+    NOTE: an accelerate config with mixed_precision bf16 under DeepSpeed keeps float32
+    master weights, which in-process bfloat16 training lacks. Those two policies differ
+    by more than rounding but share a key.
     """
-    return training.model_dump(exclude={"per_device_batch_size"} if training.per_device_batch_size is None else None)
+    excluded = {"launcher"}
+    if training.per_device_batch_size is None:
+        excluded.add("per_device_batch_size")
+    return training.model_dump(exclude=excluded)
 
 
 def _normalized(text: str) -> str:
@@ -224,8 +235,15 @@ class TinyWorld:
         """Return (model, tokenizer) of a policy, in eval mode unless ``training``."""
         return tiny.load_policy(policy.path)
 
-    def save_policy(self, model, tokenizer, path: Path) -> None:
-        tiny.save_policy(model, tokenizer, path)
+    def save_policy(self, model, tokenizer, path: Path, *, accelerator=None) -> None:
+        """Save a policy; with an ``accelerator``, pass the prepared model from every process."""
+        if accelerator is None:
+            tiny.save_policy(model, tokenizer, path)
+            return
+        from .worlds import hf
+
+        # The same files as tiny.save_policy, from weights gathered over the processes.
+        hf.save_policy(model, tokenizer, path, accelerator=accelerator)
 
     def generate(self, model, tokenizer, prompts: list[str], sampling, *, seed: int, num_samples: int | None = None):
         """Return ``num_samples`` responses per prompt; prompts are truncated like the training rows."""
@@ -341,6 +359,11 @@ def run_selfplay(
     self-play after that iteration and propagates to the caller.
     """
     config = world.config
+    if config.training.launcher is not None:
+        from .train_stage import check_launcher
+
+        # Fail before the first sampling stage rather than after it.
+        check_launcher(config.training.launcher)
     loss_fn = build_loss(variant, coef, config.sweep.beta)
     spec = loss_spec(variant, coef, config.sweep.beta)
     policy = world.base_policy
@@ -366,6 +389,13 @@ def run_selfplay(
 
         def train(staging: Path) -> None:
             records = _pair_records(prompts, responses, prefs, logps, ref_responses)
+            if config.training.launcher is not None:
+                from .train_stage import launch_training
+
+                launch_training(
+                    world, policy, records, variant, coef, iteration=iteration, seed=seed, output_dir=staging
+                )
+                return
             model, tokenizer = world.load_policy(policy, training=True)
             torch.manual_seed(seed)
             train_metrics = train_iteration(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -135,15 +136,19 @@ def train_iteration(
     seed: int,
     iteration: int,
     accelerator: Accelerator | None = None,
+    after_training: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``config.epochs`` epochs over ``records``; return mean metrics.
 
     Raises :class:`TrainingDivergedError` when the loss is not finite, naming the
     step and the loss terms, before the optimiser applies the bad update.
 
-    NOTE: under ZeRO-3 ``model`` keeps only this process's shard of each parameter
-    afterwards. Gather it with ``deepspeed.zero.GatheredParameters`` before reading
-    or saving the weights.
+    ``after_training`` is called on every process with the prepared model (the DDP
+    module or DeepSpeed engine that ``accelerator.prepare`` returned) after the last
+    step. Save the policy there with ``worlds.hf.save_policy(prepared, tokenizer, path,
+    accelerator=accelerator)``, which gathers the full weights under ZeRO-3 and writes
+    on the main process only. Under ZeRO-3, ``model`` itself keeps only this process's
+    shard of each parameter after this function returns.
     """
     if not records:
         raise ValueError(f"iteration {iteration}: no training pairs")
@@ -194,6 +199,8 @@ def train_iteration(
     model.eval()
     means = {name: value / step for name, value in sums.items()}
     logger.info("iteration %d: training done, mean loss %.4g", iteration, means["loss"])
+    if after_training is not None:
+        after_training(model)
     return means
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import SweepConfig, VariantConfig
+from ..config import ExperimentConfig, SweepConfig, VariantConfig
 
 BASE_TRIAL = "base"
 
@@ -77,3 +77,31 @@ def describe_trials(sweep: SweepConfig) -> str:
     names = ", ".join(variant.name for variant in sweep.variants)
     objectives = ", ".join(sweep.objectives)
     return f"Optuna search, {sweep.n_trials} trials{base} over variants {names}; objectives {objectives}"
+
+
+def single_trial_config(config: ExperimentConfig, variant_name: str, coef: float | None) -> ExperimentConfig:
+    """Return ``config`` reduced to a grid of one trial, ``variant_name`` at ``coef``, without the base trial.
+
+    ``coef`` None takes the variant's only coefficient. The experiment gets the name
+    ``<name>.train.<trial key>``, so the trial has a study of its own and no sweep
+    worker sharing the storage closes it as a trial missing from its grid.
+    Raises ValueError for an unknown variant or a missing coefficient.
+    """
+    variants = {variant.name: variant for variant in config.sweep.variants}
+    if variant_name not in variants:
+        raise ValueError(
+            f"variant {variant_name!r} not found in sweep.variants; choose one of {sorted(variants)}"
+        )
+    variant = variants[variant_name]
+    if coef is None:
+        if len(variant.coefs) != 1:
+            listed = ", ".join(f"{value:g}" for value in variant.coefs)
+            raise ValueError(f"variant {variant_name!r} has several coefs ({listed}); choose one with --coef")
+        coef = variant.coefs[0]
+    variant = variant.model_copy(update={"coefs": [coef]})
+    sweep = SweepConfig(
+        kind="grid", beta=config.sweep.beta, include_base=False, variants=[variant],
+        objectives=config.sweep.objectives, retry=config.sweep.retry,
+    )
+    name = f"{config.name}.train.{trial_key(variant, coef)}"
+    return config.model_copy(update={"name": name, "sweep": sweep})

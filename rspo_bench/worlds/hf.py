@@ -235,13 +235,14 @@ def save_policy(
     """Save a policy as a plain checkpoint folder (safetensors, config, tokenizer).
 
     LoRA adapters are merged into the weights first, so every saved iterate loads
-    without peft. With an ``accelerator``, its full state dict is gathered (as ZeRO-3
-    needs) and only the main process writes.
+    without peft. With an ``accelerator``, pass the prepared model: its full state
+    dict is gathered and only the main process writes. Under ZeRO-3 every process
+    must call this, because each process contains only its shard of the weights.
     """
     path = Path(path)
     state_dict = None
     if accelerator is not None:
-        state_dict = accelerator.get_state_dict(model)
+        state_dict = _full_state_dict(model, accelerator)
         model = accelerator.unwrap_model(model)
         if not accelerator.is_main_process:
             return
@@ -253,6 +254,19 @@ def save_policy(
     model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     logger.info("saved policy to %s", path)
+
+
+def _full_state_dict(model: torch.nn.Module, accelerator: Any) -> dict[str, torch.Tensor] | None:
+    """Return the unsharded state dict of a prepared model on the main process."""
+    from accelerate.utils import DistributedType
+
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and model.zero_optimization_partition_weights():
+        # The engine gathers one layer at a time onto rank 0, in the weights' own dtype, and returns
+        # None on the other ranks. accelerate 1.16's get_state_dict calls the same DeepSpeed 0.19.8
+        # method but raises when zero3_save_16bit_model is false in the accelerate config.
+        return model._zero3_consolidated_16bit_state_dict()
+    return accelerator.get_state_dict(model)
 
 
 # ---------------------------------------------------------------------------

@@ -60,8 +60,8 @@ class HFWorld(TinyWorld):
     def load_policy(self, policy: PolicyRef, *, training: bool = False):
         return hf.load_policy(self.model_config, name_or_path=str(policy.path), training=training)
 
-    def save_policy(self, model, tokenizer, path: Path) -> None:
-        hf.save_policy(model, tokenizer, path)
+    def save_policy(self, model, tokenizer, path: Path, *, accelerator=None) -> None:
+        hf.save_policy(model, tokenizer, path, accelerator=accelerator)
 
     def generate(self, model, tokenizer, prompts, sampling, *, seed: int, num_samples: int | None = None):
         if self.model_config.generation_backend == "vllm":
