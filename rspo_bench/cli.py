@@ -304,11 +304,13 @@ def sweep_status(
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option("--model", help="Checkpoint folder or hub id of a causal LM with a chat template.")],
-    bench: Annotated[str, typer.Option(
-        "--bench", help="Comma-separated: alpaca_eval2, arena_hard, mt_bench, armorm, diversity.",
-    )] = "alpaca_eval2,arena_hard,mt_bench,diversity",
+    bench: Annotated[str | None, typer.Option(
+        "--bench", help="Comma-separated: alpaca_eval2, arena_hard, mt_bench, armorm, diversity. Default: the "
+        "benchmarks that --config enables, else all but armorm.",
+    )] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="Experiment YAML whose evaluation and world.hf sections set the benchmark settings.",
+        "--config", help="Experiment YAML whose evaluation and world.hf sections set the benchmark settings; "
+        "without it the benchmarks' own generation lengths apply (2048, 4096, 1024 and 200 new tokens).",
     )] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name in answer files and MLflow.")] = None,
     judge_url: Annotated[str | None, typer.Option(
@@ -331,8 +333,13 @@ def eval_command(
     from .evals.run_eval import eval_config, evaluate_checkpoint, parse_benchmarks, results_json
     from .sweeps.runner import SweepPaths
 
+    looks_local = model.startswith(("/", "./", "../", "~")) or Path(model).exists()
+    if looks_local and not Path(model).expanduser().is_dir():
+        console.print(f"[red]checkpoint not found[/red]: {model} is not a folder; pass a checkpoint folder "
+                      f"or a model hub id", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT)
     try:
-        benchmarks = parse_benchmarks(bench)
+        benchmarks = parse_benchmarks(bench) if bench is not None else None
         experiment_config = eval_config(
             model, benchmarks, config_path=config, name=name, judge_url=judge_url, judge_model=judge_model,
             armorm_model=armorm,
@@ -340,10 +347,17 @@ def eval_command(
     except ConfigError as error:
         console.print(f"[red]invalid config[/red]\n{error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
-    except (ValueError, ValidationError) as error:
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        console.print(f"[red]invalid evaluation settings[/red]: {problems}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except ValueError as error:
         console.print(f"[red]invalid evaluation settings[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    from .evals.judges import JudgeError
+    from .worlds.hf import MissingChatTemplateError
+
     try:
         run = evaluate_checkpoint(
             experiment_config, cache_dir=paths.cache_dir, data_dir=data_dir, tracking_uri=paths.tracking_uri,
@@ -352,6 +366,13 @@ def eval_command(
     except DataFileNotFoundError as error:
         console.print(f"[red]missing data[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except MissingChatTemplateError as error:
+        console.print(f"[red]no chat template[/red]: {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except JudgeError as error:
+        console.print(f"[red]judge failed[/red]: {error}. Judgments received so far are cached; rerun to "
+                      f"resume.", highlight=False)
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(results_json(run), indent=2))
         return

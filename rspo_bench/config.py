@@ -612,8 +612,12 @@ class BenchmarkJudgeConfig(StrictModel):
     def _llm_needs_endpoint(self) -> BenchmarkJudgeConfig:
         if self.kind == "llm" and not (self.base_url and self.model):
             raise ValueError(
-                f"evaluation.judge.kind 'llm' needs base_url and model, got base_url={self.base_url!r} "
-                f"and model={self.model!r}"
+                f"evaluation.judge.kind 'llm' needs base_url and model (--judge-url and --judge-model), got "
+                f"base_url={self.base_url!r} and model={self.model!r}"
+            )
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"evaluation.judge.base_url {self.base_url!r} lacks a scheme; write it as http://HOST:PORT/v1"
             )
         return self
 

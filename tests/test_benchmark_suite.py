@@ -32,9 +32,13 @@ EVAL_CONFIG = """\
 name: evalcfg
 evaluation:
   alpaca_eval2: {max_instructions: 12, sampling: {num_samples: 1, max_new_tokens: 8, batch_size: 16}}
-  arena_hard: {max_questions: 6, bootstrap_rounds: 20, sampling: {num_samples: 1, temperature: 0, max_new_tokens: 8}}
-  mt_bench: {max_questions: 8, max_new_tokens: 8}
-  diversity: {max_prompts: 4, sampling: {num_samples: 3, max_new_tokens: 8}}
+  arena_hard:
+    enabled: true
+    max_questions: 6
+    bootstrap_rounds: 20
+    sampling: {num_samples: 1, temperature: 0, max_new_tokens: 8}
+  mt_bench: {enabled: true, max_questions: 8, max_new_tokens: 8}
+  diversity: {enabled: true, max_prompts: 4, sampling: {num_samples: 3, max_new_tokens: 8}}
 sweep:
   variants: [{name: eval}]
 """
@@ -185,6 +189,10 @@ def test_arena_hard_verdict_thresholds(probability: float, verdict: str):
     assert proxy_judges.arena_hard_verdict(probability) == verdict
 
 
+def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
@@ -283,6 +291,23 @@ def test_eval_config_and_benchmark_names(tmp_path: Path):
     assert config.evaluation.judge.kind == "llm"
 
 
+def test_judge_url_needs_scheme():
+    with pytest.raises(ValueError, match="lacks a scheme"):
+        eval_config("/models/m", ["mt_bench"], judge_url="127.0.0.1:8000/v1", judge_model="gpt-4")
+
+
+def test_eval_defaults_use_upstream_lengths():
+    config = eval_config("/models/m", None)
+    evaluation = config.evaluation
+    assert [name for name in ("alpaca_eval2", "arena_hard", "mt_bench", "armorm", "diversity")
+            if getattr(evaluation, name).enabled] == ["alpaca_eval2", "arena_hard", "mt_bench", "diversity"]
+    assert evaluation.arena_hard.sampling.max_new_tokens == 4096
+    assert evaluation.arena_hard.sampling.temperature == 0
+    assert evaluation.mt_bench.max_new_tokens == 1024
+    assert evaluation.alpaca_eval2.sampling.max_new_tokens == 2048
+    assert evaluation.diversity.sampling.max_new_tokens == 200
+
+
 def test_objective_needs_enabled_benchmark():
     base = {"name": "x", "sweep": {"variants": [{"name": "sppo"}], "objectives": ["arena_hard/score"]}}
     with pytest.raises(ValueError, match="evaluation.arena_hard.enabled"):
@@ -331,19 +356,24 @@ def test_eval_cli_logs_every_benchmark_and_reuses_the_cache(tmp_path: Path, chec
     assert run.data.metrics["arena_hard/score"] == pytest.approx(metrics["arena_hard/score"])
     assert run.data.tags["rspo.mt_bench.judge"].endswith("(proxy)")
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "eval")}
-    assert {"eval/arena_hard_answers.json", "eval/mt_bench_judgments.json", "eval/diversity_samples.json"} <= artifacts
+    assert {"eval/arena_hard_answers.jsonl", "eval/mt_bench_judgments.jsonl", "eval/diversity_samples.json"} <= artifacts
 
     # The answer files carry the metadata and turns that the benchmarks' own tools read.
-    answers = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/arena_hard_answers.json",
-                                                        str(tmp_path))).read_text())
+    answers = _read_jsonl(client.download_artifacts(run.info.run_id, "eval/arena_hard_answers.jsonl", str(tmp_path)))
     assert len(answers) == 6 and "bold_count" in answers[0]["conv_metadata"]
-    mt_answers = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/mt_bench_answers.json",
-                                                           str(tmp_path))).read_text())
+    mt_answers = _read_jsonl(client.download_artifacts(run.info.run_id, "eval/mt_bench_answers.jsonl", str(tmp_path)))
     assert len(mt_answers) == 8 and all(len(record["choices"][0]["turns"]) == 2 for record in mt_answers)
+
+    # The logged judgment files rescore with `rspo-bench score` to the logged numbers.
+    judgments = client.download_artifacts(run.info.run_id, "eval/mt_bench_judgments.jsonl", str(tmp_path))
+    rescored = run_cli("score", "mt-bench", judgments, "--json", cwd=tmp_path)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert json.loads(rescored.stdout)["models"][0]["overall"] == pytest.approx(metrics["mt_bench/score"])
 
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout)["metrics"] == metrics
+    assert json.loads(second.stdout)["mlflow_run_id"] != result["mlflow_run_id"]
     assert "sampling" not in second.stderr, "a rerun must take every answer from the stage cache"
 
 
@@ -382,10 +412,10 @@ def test_eval_with_llm_judge_endpoint(tmp_path: Path, checkpoint: Path):
     server = FakeJudgeServer(llm_judge_responder).start()
     try:
         config = tmp_path / "eval.yaml"
-        mt_bench_line = "  mt_bench: {max_questions: 8, max_new_tokens: 8}"
+        mt_bench_line = "  mt_bench: {enabled: true, max_questions: 8, max_new_tokens: 8}"
         assert mt_bench_line in EVAL_CONFIG
         config.write_text(EVAL_CONFIG.replace(
-            mt_bench_line, "  mt_bench: {max_questions: 8, max_new_tokens: 8, judge_model: mt-judge-y}"
+            mt_bench_line, "  mt_bench: {enabled: true, max_questions: 8, max_new_tokens: 8, judge_model: mt-judge-y}"
         ), encoding="utf-8")
         result = run_cli(
             "eval", "--model", str(checkpoint), "--config", str(config), "--bench", "alpaca_eval2,arena_hard,mt_bench",
@@ -456,11 +486,12 @@ def test_sweep_logs_benchmarks_and_optimizes_mt_bench(tmp_path: Path, data_dir: 
     assert "diversity/self_bleu" not in run.data.metrics
     assert run.data.tags["rspo.arena_hard.judge_is_proxy"] == "true"
     assert run.data.tags["rspo.mt_bench.version"].startswith("mt_bench")
+    assert "at most 8 new tokens per turn" in run.data.tags["rspo.mt_bench.version"]
     study = optuna.load_study(study_name="benchsweep", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
     (trial,) = study.trials
     assert trial.value == pytest.approx(run.data.metrics["mt_bench/score"])
     html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     table = html[html.index("Other benchmarks"):]
     assert f"{run.data.metrics['mt_bench/score']:.2f}" in table
-    assert "proxy judge: not comparable with leaderboard numbers" in table
+    assert "a proxy judge, not comparable with leaderboard numbers" in table
     assert "baseline gpt-4-0314" in table

@@ -342,6 +342,18 @@ def test_restarted_client_sends_no_request(server: FakeJudgeServer, make_client)
     assert restarted.summary()["totals"]["api_requests"] == 0
 
 
+def test_other_endpoint_same_model_not_cached(server: FakeJudgeServer, make_client):
+    request = user_request("which answer is better?")
+    make_client(server).complete(request)
+    other = FakeJudgeServer().start()
+    try:
+        response = make_client(other).complete(request)
+    finally:
+        other.stop()
+    assert len(other.log) == 1
+    assert not response.from_cache
+
+
 def test_concurrent_identical_requests_sent_once(server: FakeJudgeServer, make_client):
     server.reply_delay_s = 0.2
     client = make_client(server)

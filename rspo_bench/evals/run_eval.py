@@ -8,7 +8,10 @@ version and baseline.
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +58,21 @@ def default_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", model.rstrip("/").replace("/", "__")) or "model"
 
 
+# Generation settings of the benchmarks' own tools, used when no --config is given: alpaca_eval's
+# model configs, arena-hard-auto's answer generation, FastChat's gen_model_answer and the RSPO
+# Self-BLEU script.
+UPSTREAM_GENERATION: dict[str, dict[str, Any]] = {
+    "alpaca_eval2": {"sampling": {"num_samples": 1, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 2048}},
+    "arena_hard": {"sampling": {"num_samples": 1, "temperature": 0.0, "max_new_tokens": 4096}},
+    "mt_bench": {"max_new_tokens": 1024},
+    "diversity": {"sampling": {"num_samples": 16, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 200}},
+}
+DEFAULT_BENCHMARKS = ("alpaca_eval2", "arena_hard", "mt_bench", "diversity")
+
+
 def eval_config(
     model: str,
-    benchmarks: Sequence[str],
+    benchmarks: Sequence[str] | None,
     *,
     config_path: str | Path | None = None,
     name: str | None = None,
@@ -68,13 +83,19 @@ def eval_config(
     """Build the experiment config of an evaluation.
 
     Benchmark settings come from ``config_path`` when given (its ``evaluation`` and
-    ``world.hf`` sections), else from the defaults. The world is an hf world on
-    ``model``; only the benchmarks listed run.
+    ``world.hf`` sections), else from :data:`UPSTREAM_GENERATION`. The world is an hf
+    world on ``model``. ``benchmarks`` lists the benchmarks to run; None runs those that
+    the config enables, or :data:`DEFAULT_BENCHMARKS` without a config.
     """
     if config_path is not None:
         base = load_config(config_path).model_dump(mode="json")
+        if benchmarks is None:
+            benchmarks = [name for name in BENCHMARKS if base["evaluation"][name]["enabled"]]
     else:
-        base = {"name": "eval", "sweep": {"variants": [{"name": "eval"}]}}
+        base = {"name": "eval", "sweep": {"variants": [{"name": "eval"}]},
+                "evaluation": {name: dict(settings) for name, settings in UPSTREAM_GENERATION.items()}}
+        if benchmarks is None:
+            benchmarks = list(DEFAULT_BENCHMARKS)
     hf_settings = dict((base.get("world") or {}).get("hf") or {})
     hf_settings["name_or_path"] = model
     base["world"] = {**(base.get("world") or {}), "kind": "hf", "hf": hf_settings}
@@ -123,7 +144,8 @@ def evaluate_checkpoint(
         count = result.metrics["n_instructions"]
         tags = benchmark_tags(
             "alpaca_eval2", judge=judge, is_proxy=is_proxy,
-            version=f"AlpacaEval 2.0, {count} of 805 instructions; LC: alpaca_eval 0.6.6 length_controlled_v1",
+            version=f"AlpacaEval 2.0, {count} of 805 instructions, at most {settings.alpaca_eval2.sampling.max_new_tokens} new tokens; "
+                        f"LC: alpaca_eval 0.6.6 length_controlled_v1",
             baseline="gpt4_1106_preview",
         )
         run.results.append(BenchmarkResult("alpaca_eval2", metrics, tags, {
@@ -140,18 +162,50 @@ def _log_run(run: EvalRun, config: ExperimentConfig, tracking_uri: str, experime
     from rspo_bench.tracking import SweepTracker, code_version
 
     tracker = SweepTracker(tracking_uri, experiment)
-    tags = {"rspo.model": run.model, "rspo.code_version": code_version(), "rspo.role_detail": "eval", **run.tags}
-    run_id, _ = tracker.trial_run(run.name, tags)
+    first = run.results[0].benchmark if run.results else ""
+    tags = {
+        "rspo.role": "trial", "rspo.sweep": experiment,
+        "rspo.trial": f"{run.name}@{time.strftime('%Y%m%d-%H%M%S')}",
+        "mlflow.parentRunId": tracker.parent_run_id, "rspo.model": run.model,
+        "rspo.code_version": code_version(), "rspo.world": "hf",
+        # The report's judge and proxy lines read these, from the first benchmark that ran.
+        "rspo.judge": run.tags.get(f"rspo.{first}.judge", ""),
+        "rspo.judge_is_proxy": run.tags.get(f"rspo.{first}.judge_is_proxy", "false"),
+        "rspo.data": "; ".join(run.tags[f"rspo.{r.benchmark}.version"] for r in run.results),
+        **run.tags,
+    }
+    # Each call gets its own run, so evaluations with other judges or settings never mix.
+    run_id = tracker.client.create_run(tracker.experiment_id, run_name=run.name, tags=tags).info.run_id
     tracker.log_params(run_id, {"model": run.model, "benchmarks": ",".join(r.benchmark for r in run.results)})
     tracker.log_metrics(run_id, run.metrics)
     tracker.log_text(run_id, "config/resolved.yaml", _yaml(config))
     for result in run.results:
-        for name, value in result.artifacts.items():
-            tracker.log_json(run_id, name, value)
+        log_artifacts(tracker, run_id, result.artifacts)
     tracker.finish(run_id)
     tracker.finish_sweep()
     logger.info("logged evaluation of %s to MLflow run %s (%s)", run.model, run_id, tracking_uri)
     return run_id
+
+
+def log_artifacts(tracker: Any, run_id: str, artifacts: dict[str, Any]) -> None:
+    """Log JSON artifacts; names ending in ``.jsonl`` are written one record per line, as ``score`` reads them."""
+    for name, value in artifacts.items():
+        if name.endswith(".jsonl"):
+            lines = "".join(json.dumps(_finite_json(record), ensure_ascii=False) + "\n" for record in value)
+            tracker.log_text(run_id, name, lines)
+        else:
+            tracker.log_json(run_id, name, _finite_json(value))
+
+
+def _finite_json(value: Any) -> Any:
+    """Replace NaN and infinities, which are not valid JSON, by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(item) for item in value]
+    return value
 
 
 def _yaml(config: ExperimentConfig) -> str:

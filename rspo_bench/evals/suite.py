@@ -44,7 +44,7 @@ logger = get_logger(__name__)
 BENCHMARKS = ("alpaca_eval2", "arena_hard", "mt_bench", "armorm", "diversity")
 EXTRA_BENCHMARKS = BENCHMARKS[1:]
 MT_BENCH_PROXY_REFERENCE = "gpt-4"
-MT_BENCH_VERSION = "mt_bench (FastChat llm_judge, single-answer grading, 80 questions)"
+MT_BENCH_VERSION = "mt_bench (FastChat llm_judge, single-answer grading)"
 DIVERSITY_VERSION = "Self-BLEU and distinct-n over AlpacaEval 2.0 instructions"
 
 
@@ -217,12 +217,13 @@ class PolicyEvaluator:
             metrics["arena_hard/avg_tokens"] = float(entry["avg_tokens"])
         tags = benchmark_tags(
             "arena_hard", judge=self.judge_name("arena_hard"), is_proxy=not self.uses_llm_judge,
-            version=f"{ARENA_HARD_V01} ({len(questions)} of 500 questions; Bradley-Terry, "
-                    f"{settings.bootstrap_rounds} bootstrap rounds)",
+            version=f"{ARENA_HARD_V01} ({len(questions)} of 500 questions; temperature "
+                    f"{settings.sampling.temperature:g}, at most {settings.sampling.max_new_tokens} new tokens; "
+                    f"Bradley-Terry, {settings.bootstrap_rounds} bootstrap rounds)",
             baseline=settings.baseline,
         )
         return BenchmarkResult("arena_hard", metrics, tags, {
-            "eval/arena_hard_answers.json": answers, "eval/arena_hard_judgments.json": judgments,
+            "eval/arena_hard_answers.jsonl": answers, "eval/arena_hard_judgments.jsonl": judgments,
             "eval/arena_hard_scores.json": scores,
         })
 
@@ -284,10 +285,11 @@ class PolicyEvaluator:
             baseline = f"{MT_BENCH_PROXY_REFERENCE} answers (proxy rating 1 + 9 * P(answer preferred))"
         tags = benchmark_tags(
             "mt_bench", judge=self.judge_name("mt_bench"), is_proxy=not self.uses_llm_judge,
-            version=f"{MT_BENCH_VERSION}; {len(questions)} of 80 questions", baseline=baseline,
+            version=f"{MT_BENCH_VERSION}: {len(questions)} of 80 questions, at most {settings.max_new_tokens} "
+                    f"new tokens per turn", baseline=baseline,
         )
         return BenchmarkResult("mt_bench", metrics, tags, {
-            "eval/mt_bench_answers.json": answers, "eval/mt_bench_judgments.json": judgments,
+            "eval/mt_bench_answers.jsonl": answers, "eval/mt_bench_judgments.jsonl": judgments,
             "eval/mt_bench_scores.json": scores,
         })
 

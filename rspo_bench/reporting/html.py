@@ -460,7 +460,7 @@ def _benchmark_table(trials: Sequence[TrialData]) -> BenchmarkTableView | None:
         versions = distinct_tag_values(trials, f"rspo.{benchmark}.version")
         baselines = distinct_tag_values(trials, f"rspo.{benchmark}.baseline")
         proxy = "true" in distinct_tag_values(trials, f"rspo.{benchmark}.judge_is_proxy")
-        label = " (proxy judge: not comparable with leaderboard numbers)" if proxy else ""
+        label = "; a proxy judge, not comparable with leaderboard numbers" if proxy else ""
         provenance.append(
             f"{benchmark}: judge {', '.join(judges) or MISSING}{label}; "
             f"version {'; '.join(versions) or MISSING}; baseline {', '.join(baselines) or MISSING}"

@@ -77,7 +77,8 @@ class TinyExecutor:
                          f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
             **benchmark_tags(
                 "alpaca_eval2", judge=judge_name, is_proxy=is_proxy,
-                version=f"AlpacaEval 2.0, {count} of 805 instructions; LC: alpaca_eval 0.6.6 length_controlled_v1",
+                version=f"AlpacaEval 2.0, {count} of 805 instructions, at most {evaluation.alpaca_eval2.sampling.max_new_tokens} new tokens; "
+                        f"LC: alpaca_eval 0.6.6 length_controlled_v1",
                 baseline="gpt4_1106_preview",
             ),
         }
@@ -117,6 +118,7 @@ class TinyExecutor:
     def _other_benchmarks(self, policy, spec: TrialSpec, tracker: SweepTracker, run_id: str,
                           alpaca_outputs: list[dict[str, Any]]) -> None:
         """Run Arena-Hard, MT-Bench, ArmoRM and diversity where enabled, and log their metrics and files."""
+        from ..evals.run_eval import log_artifacts
         from ..evals.suite import PolicyEvaluator
 
         evaluator = PolicyEvaluator(self.world, policy, generator=f"{self.world.config.name}/{spec.key}")
@@ -124,8 +126,7 @@ class TinyExecutor:
             tracker.log_metrics(run_id, result.metrics)
             for name, value in result.tags.items():
                 tracker.client.set_tag(run_id, name, value)
-            for name, value in result.artifacts.items():
-                tracker.log_json(run_id, name, value)
+            log_artifacts(tracker, run_id, result.artifacts)
 
     @staticmethod
     def _selfplay(world: Any, spec: TrialSpec, tracker: SweepTracker, run_id: str):
