@@ -495,3 +495,17 @@ def test_sweep_logs_benchmarks_and_optimizes_mt_bench(tmp_path: Path, data_dir: 
     assert f"{run.data.metrics['mt_bench/score']:.2f}" in table
     assert "a proxy judge, not comparable with leaderboard numbers" in table
     assert "baseline gpt-4-0314" in table
+
+
+def test_missing_benchmark_data_stops_sweep_before_training(tmp_path: Path, data_dir: Path):
+    partial = tmp_path / "data"
+    partial.mkdir()
+    for folder in ("alpaca_eval", "ultrafeedback", "mt_bench"):
+        (partial / folder).symlink_to(data_dir / folder)
+    config = tmp_path / "benchsweep.yaml"
+    config.write_text(SWEEP_CONFIG, encoding="utf-8")
+    result = run_cli("sweep", str(config), "--workdir", str(tmp_path / "runs"), "--data-dir", str(partial),
+                     "--format", "", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "arena_hard/arena-hard-v0.1/question.jsonl" in result.stderr
+    assert not (tmp_path / "runs" / "cache" / "policy").exists()

@@ -125,8 +125,10 @@ def evaluate_checkpoint(
     from rspo_bench.cache import StageCache
     from rspo_bench.evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
     from rspo_bench.evals.pipeline import evaluate_alpaca_eval2
+    from rspo_bench.sweeps.runner import check_benchmark_data
     from rspo_bench.worlds.hf_selfplay import HFWorld
 
+    check_benchmark_data(data_dir, config)
     world = HFWorld(config, StageCache(cache_dir), data_dir)
     policy = world.base_policy
     model = config.world.hf.name_or_path

@@ -116,14 +116,36 @@ class SweepSetupError(ValueError):
     """The study in the storage does not fit the config or the options; nothing has run."""
 
 
-def check_data(data_dir: str | Path | None) -> None:
-    """Fail before any work when a file the sweep needs is missing from the data folder."""
+# Data files of the benchmarks after AlpacaEval 2.0, read only when the benchmark is enabled.
+BENCHMARK_DATA_FILES = {
+    "arena_hard": ("arena_hard/arena-hard-v0.1/question.jsonl", "arena_hard/arena-hard-v0.1/judge_config.yaml"),
+    "mt_bench": ("mt_bench/question.jsonl", "mt_bench/judge_prompts.jsonl", "mt_bench/model_answer/gpt-4.jsonl",
+                 "mt_bench/reference_answer/gpt-4.jsonl"),
+}
+
+
+def check_data(data_dir: str | Path | None, config: ExperimentConfig | None = None) -> None:
+    """Fail before any work when a file the tiny world's sweep needs is missing from the data folder."""
     for relative in (
         data_module.ULTRAFEEDBACK_TRAIN,
         data_module.ALPACA_EVAL_INSTRUCTIONS,
         data_module.ALPACA_EVAL_BASELINE,
         data_module.ALPACA_EVAL_DIFFICULTY,
     ):
+        data_module.data_file(relative, data_dir)
+    if config is not None:
+        check_benchmark_data(data_dir, config)
+
+
+def check_benchmark_data(data_dir: str | Path | None, config: ExperimentConfig) -> None:
+    """Fail before any work when a file of an enabled Arena-Hard or MT-Bench evaluation is missing."""
+    required: list[str] = []
+    for benchmark, files in BENCHMARK_DATA_FILES.items():
+        if getattr(config.evaluation, benchmark).enabled:
+            required += files
+    if config.evaluation.arena_hard.enabled:
+        required.append(f"arena_hard/arena-hard-v0.1/model_answer/{config.evaluation.arena_hard.baseline}.jsonl.gz")
+    for relative in required:
         data_module.data_file(relative, data_dir)
 
 
@@ -580,7 +602,9 @@ def run_sweep(
     started = time.perf_counter()
     options = options or SweepOptions()
     if config.world.kind == "tiny":
-        check_data(data_dir)
+        check_data(data_dir, config)
+    elif config.world.kind == "hf":
+        check_benchmark_data(data_dir, config)
     engine = SweepEngine(config, paths, options, data_dir)
     try:
         engine.open()
