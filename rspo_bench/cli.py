@@ -373,6 +373,9 @@ def eval_command(
         console.print(f"[red]judge failed[/red]: {error}. Judgments received so far are cached; rerun to "
                       f"resume.", highlight=False)
         raise typer.Exit(1) from None
+    except ValueError as error:
+        console.print(f"[red]evaluation failed[/red]: {error}", highlight=False)
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(results_json(run), indent=2))
         return

@@ -652,7 +652,7 @@ class MTBenchConfig(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="Per turn; FastChat uses 1024.")
     temperatures: dict[str, float] = Field(
         default_factory=_fastchat_temperatures,
-        description="Sampling temperature per question category; 0 decodes greedily.",
+        description="Sampling temperature per question category (others keep FastChat's); 0 decodes greedily.",
     )
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     judge_model: str | None = Field(
@@ -662,9 +662,8 @@ class MTBenchConfig(StrictModel):
     @field_validator("temperatures")
     @classmethod
     def _all_categories(cls, temperatures: dict[str, float]) -> dict[str, float]:
-        missing = sorted(set(_fastchat_temperatures()) - set(temperatures))
-        if missing:
-            raise ValueError(f"temperatures lacks the MT-Bench categories {missing}; give a value for each")
+        # Categories left out keep FastChat's temperature, so one category can be changed alone.
+        temperatures = {**_fastchat_temperatures(), **temperatures}
         negative = {name: value for name, value in temperatures.items() if value < 0}
         if negative:
             raise ValueError(f"temperatures must be >= 0; the categories {sorted(negative)} have negative values")

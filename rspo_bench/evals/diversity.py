@@ -71,6 +71,10 @@ def treebank_tokenize(text: str) -> list[str]:
     return tokens
 
 
+# Set once the fallback tokenizer has been announced, so the message appears once per process.
+_FALLBACK_LOGGED: list[bool] = []
+
+
 def resolve_tokenizer(name: str = TOKENIZER_AUTO) -> tuple[str, Callable[[str], list[str]]]:
     """Return a tokenizer's name and function; ``auto`` prefers ``word_tokenize`` if Punkt is installed."""
     if name not in TOKENIZERS:
@@ -79,10 +83,12 @@ def resolve_tokenizer(name: str = TOKENIZER_AUTO) -> tuple[str, Callable[[str], 
         if punkt_available():
             name = TOKENIZER_WORD_TOKENIZE
         else:
-            logger.info(
-                "NLTK's punkt_tab data is not installed, so Self-BLEU tokenizes with NLTKWordTokenizer "
-                "on regex-split sentences"
-            )
+            if not _FALLBACK_LOGGED:
+                _FALLBACK_LOGGED.append(True)
+                logger.info(
+                    "NLTK's punkt_tab data is not installed, so Self-BLEU tokenizes with NLTKWordTokenizer "
+                    "on regex-split sentences"
+                )
             name = TOKENIZER_TREEBANK
     if name == TOKENIZER_WORD_TOKENIZE:
         if not punkt_available():

@@ -25,7 +25,7 @@ import numpy as np
 from rspo_bench.cache import stable_hash
 from rspo_bench.data import data_file, read_jsonl
 from rspo_bench.evals import armorm, diversity, generation, proxy_judges
-from rspo_bench.evals.arena_hard import score_arena_hard
+from rspo_bench.evals.arena_hard import ArenaHardInputError, score_arena_hard
 from rspo_bench.evals.judge_prompts import (
     ARENA_HARD_V01,
     ArenaHardJudge,
@@ -200,11 +200,18 @@ class PolicyEvaluator:
         with tempfile.TemporaryDirectory(prefix="rspo-arena-hard-") as folder:
             judgments_path = _write_jsonl(Path(folder) / "judgments" / f"{self.generator_file}.jsonl", judgments)
             answers_path = _write_jsonl(Path(folder) / "answers" / f"{self.generator_file}.jsonl", answers)
-            scores = score_arena_hard(
-                judgments_path.parent, baseline=settings.baseline, version="v0.1",
-                rounds=settings.bootstrap_rounds, seed=self.world.config.seed, answer_paths=[answers_path],
-                data_dir=data_dir,
-            )
+            try:
+                scores = score_arena_hard(
+                    judgments_path.parent, baseline=settings.baseline, version="v0.1",
+                    rounds=settings.bootstrap_rounds, seed=self.world.config.seed, answer_paths=[answers_path],
+                    data_dir=data_dir,
+                )
+            except ArenaHardInputError as error:
+                raise ValueError(
+                    f"Arena-Hard: the judgments of {self.judge_name('arena_hard')} cannot be scored: {error}. "
+                    f"Check that the judge model ends its reply with a verdict such as [[A>B]]; its replies are "
+                    f"in the stage cache entry eval_arena_hard_judgments"
+                ) from error
         entry = next(item for item in scores["models"] if item["model"] == self.generator)
         metrics = {
             "arena_hard/score": float(entry["score"]),
@@ -271,6 +278,7 @@ class PolicyEvaluator:
         _, judgments = self._cached("eval_mt_bench_judgments", judgment_inputs, judge)
         with tempfile.TemporaryDirectory(prefix="rspo-mt-bench-") as folder:
             scores = score_mt_bench(_write_jsonl(Path(folder) / "judgments.jsonl", judgments))
+        scores["file"] = "eval/mt_bench_judgments.jsonl"
         entry = scores["models"][0]
         metrics = {
             "mt_bench/turn1": float(entry["turn_1"]),
