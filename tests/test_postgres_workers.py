@@ -133,7 +133,7 @@ class SlowFakeExecutor(FakeExecutor):
 
 def fake_worker(raw: dict, workdir: str, storage: str, tracking_uri: str) -> None:
     runner.build_executor = lambda config, cache, data_dir: SlowFakeExecutor()
-    runner.check_data = lambda data_dir: None
+    runner.check_data = lambda *args: None
     paths = SweepPaths.under(workdir, storage=storage, tracking_uri=tracking_uri)
     run_sweep(parse_config(raw), paths, report_formats=())
 

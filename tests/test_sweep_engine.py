@@ -101,7 +101,7 @@ def run_fake(raw: dict, workdir: Path, executor: FakeExecutor, **options) -> run
         shutil.copy(template, workdir / "mlruns.db")
     saved = runner.build_executor, runner.check_data
     runner.build_executor = lambda config, cache, data_dir: executor
-    runner.check_data = lambda data_dir: None
+    runner.check_data = lambda *args: None
     try:
         options = SweepOptions(**options)
         return run_sweep(config, SweepPaths.under(workdir), report_formats=(), options=options)
