@@ -495,6 +495,7 @@ def test_sweep_logs_benchmarks_and_optimizes_mt_bench(tmp_path: Path, data_dir: 
     assert f"{run.data.metrics['mt_bench/score']:.2f}" in table
     assert "a proxy judge, not comparable with leaderboard numbers" in table
     assert "baseline gpt-4-0314" in table
+    assert "Sweep objective: mt_bench/score (maximize)" in html
 
 
 def test_missing_benchmark_data_stops_sweep_before_training(tmp_path: Path, data_dir: Path):

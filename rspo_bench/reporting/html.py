@@ -193,6 +193,8 @@ class SweepView:
     paper: PaperView | None
     warnings: list[str] = field(default_factory=list)
     benchmarks: BenchmarkTableView | None = None
+    # What the sweep optimized, with directions, e.g. "mt_bench/score (maximize)"; "" when not recorded.
+    objectives: str = ""
 
 
 def write_report(
@@ -282,6 +284,7 @@ def sweep_view(sweep: SweepData, index: int) -> SweepView:
         is_game=is_game,
         rows=[] if is_game else [_row_view(trial) for trial in _leaderboard_order(sweep.trials)],
         benchmarks=None if is_game else _benchmark_table(sweep.trials),
+        objectives=_objectives_text(sweep.parent_tags.get("rspo.objectives", "")),
         game_rows=[_game_row_view(trial) for trial in game_table_order(sweep.trials)] if is_game else [],
         trial_count=len(sweep.trials),
         status_counts=dict(sorted(status_counts.items())),
@@ -433,6 +436,14 @@ def _status_class(trial: TrialData) -> str:
     if trial.status == FINISHED:
         return "finished"
     return "failed" if trial.status == "FAILED" else "other"
+
+
+def _objectives_text(recorded: str) -> str:
+    """Return the sweep's objectives with their directions, from the parent run's ``rspo.objectives`` tag."""
+    from ..config import OBJECTIVE_DIRECTIONS
+
+    names = [name for name in recorded.split(",") if name]
+    return ", ".join(f"{name} ({OBJECTIVE_DIRECTIONS.get(name, 'direction not recorded')})" for name in names)
 
 
 def _benchmark_table(trials: Sequence[TrialData]) -> BenchmarkTableView | None:
