@@ -29,7 +29,7 @@ DEBIAN_PACKAGES = {"chromium": "chromium", "pdftoppm": "poppler-utils", "pdftote
 
 
 def _present(binary: str) -> bool:
-    """Whether a binary is on PATH; Debian keeps PostgreSQL's server binaries off PATH."""
+    """Return whether a binary is installed; Debian keeps PostgreSQL's server binaries off PATH."""
     if shutil.which(binary):
         return True
     return binary == "initdb" and any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))

@@ -121,7 +121,7 @@ def sweep(
     for several machines) work on one study and never run a trial twice. The
     report is written by the process that finds the last trial finished.
     """
-    from .sweeps.runner import SweepOptions, SweepPaths, SweepSetupError, run_sweep
+    from .sweeps.runner import SweepOptions, SweepPaths
     from .train_stage import LaunchError, check_launcher
 
     experiment = _load_or_exit(config)
@@ -140,14 +140,21 @@ def sweep(
     options = SweepOptions(workers=workers, devices=_parse_devices(devices), resume=resume)
     paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, storage=storage, cache_dir=cache_dir)
     formats = tuple(item.strip() for item in report_format.split(",") if item.strip())
+    _run_sweep_or_exit(experiment, paths, workdir, "sweep", data_dir=data_dir, report_formats=formats,
+                       report_dir=report_dir, options=options)
+
+
+def _run_sweep_or_exit(experiment, paths, workdir: Path, what: str, **options) -> None:
+    """Run a sweep, print its result and exit 2 on missing data or setup errors, 1 when a trial failed."""
+    from .sweeps.runner import SweepSetupError, run_sweep
+
     try:
-        result = run_sweep(experiment, paths, data_dir=data_dir, report_formats=formats,
-                           report_dir=report_dir, options=options)
+        result = run_sweep(experiment, paths, **options)
     except DataFileNotFoundError as error:
         console.print(f"[red]missing data[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     except SweepSetupError as error:
-        console.print(f"[red]cannot start the sweep[/red]: {error}", highlight=False)
+        console.print(f"[red]cannot start the {what}[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     _print_sweep_result(result, workdir, experiment.sweep.objectives[0])
     if result.failed:
@@ -175,7 +182,7 @@ def train(
     --workdir with sweeps, so a later sweep reuses its policies.
     """
     from .sweeps.grid import single_trial_config
-    from .sweeps.runner import SweepPaths, SweepSetupError, run_sweep
+    from .sweeps.runner import SweepPaths
     from .train_stage import LaunchError, check_launcher
 
     experiment = _load_or_exit(config)
@@ -186,17 +193,7 @@ def train(
         console.print(f"[red]cannot start the trial[/red]: {error}", highlight=False)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     paths = SweepPaths.under(workdir, tracking_uri=tracking_uri, storage=storage, cache_dir=cache_dir)
-    try:
-        result = run_sweep(trial_config, paths, data_dir=data_dir, report_formats=())
-    except DataFileNotFoundError as error:
-        console.print(f"[red]missing data[/red]: {error}", highlight=False)
-        raise typer.Exit(EXIT_INVALID_INPUT) from None
-    except SweepSetupError as error:
-        console.print(f"[red]cannot start the trial[/red]: {error}", highlight=False)
-        raise typer.Exit(EXIT_INVALID_INPUT) from None
-    _print_sweep_result(result, workdir, trial_config.sweep.objectives[0])
-    if result.failed:
-        raise typer.Exit(1)
+    _run_sweep_or_exit(trial_config, paths, workdir, "trial", data_dir=data_dir, report_formats=())
 
 
 def _print_plan(experiment) -> None:

@@ -84,10 +84,12 @@ def test_markdown_counts_skip_code_blocks():
 
 def test_arena_hard_answer_record_schema():
     record = generation.arena_hard_answer("q1", "m", "## Head\n- item", token_len=5, tokenizer="policy")
-    assert record["model_id"] == "m" and record["question_id"] == "q1"
+    assert record["model_id"] == "m"
+    assert record["question_id"] == "q1"
     assert record["choices"][0]["turns"][0] == {"content": "## Head\n- item", "token_len": 5}
     metadata = record["conv_metadata"]
-    assert metadata["token_len"] == 5 and metadata["header_count"]["h2"] == 1
+    assert metadata["token_len"] == 5
+    assert metadata["header_count"]["h2"] == 1
     assert metadata["list_count"]["unordered"] == 1
 
 
@@ -105,7 +107,7 @@ class RecordingGenerator:
         return [[f"answer {len(self.calls)} to {prompt[-1]['content']}"] for prompt in prompts]
 
 
-def test_mt_bench_second_turn_holds_first_answer_and_temperatures():
+def test_mt_bench_turns_and_temperatures():
     questions = [
         {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorten it."]},
         {"question_id": 2, "category": "math", "turns": ["What is 2+2?", "And 3+3?"]},
@@ -169,7 +171,7 @@ def test_greedy_decoding_is_deterministic_and_needs_one_sample():
 
 
 class FixedOracle:
-    """Preference oracle that returns P(a preferred over b) from a table of answer texts."""
+    """Preference oracle that computes P(a preferred over b) from a strength per response text."""
 
     name = "fixed-oracle"
 
@@ -286,7 +288,8 @@ def test_eval_config_and_benchmark_names(tmp_path: Path):
         parse_benchmarks("alpaca,mt_bench")
     config = eval_config("/models/my model", ["arena_hard"], judge_url="http://127.0.0.1:9/v1", judge_model="gpt-4")
     assert config.name == "__models__my_model"
-    assert config.world.kind == "hf" and config.world.hf.name_or_path == "/models/my model"
+    assert config.world.kind == "hf"
+    assert config.world.hf.name_or_path == "/models/my model"
     assert config.evaluation.arena_hard.enabled and not config.evaluation.alpaca_eval2.enabled
     assert config.evaluation.judge.kind == "llm"
 
@@ -330,7 +333,7 @@ def checkpoint(tmp_path_factory, data_dir) -> Path:
     return path
 
 
-def test_eval_cli_logs_every_benchmark_and_reuses_the_cache(tmp_path: Path, checkpoint: Path):
+def test_eval_cli_logs_and_resumes(tmp_path: Path, checkpoint: Path):
     config = tmp_path / "eval.yaml"
     config.write_text(EVAL_CONFIG, encoding="utf-8")
     args = ("eval", "--model", str(checkpoint), "--config", str(config), "--name", "tinyck",
@@ -360,9 +363,11 @@ def test_eval_cli_logs_every_benchmark_and_reuses_the_cache(tmp_path: Path, chec
 
     # The answer files carry the metadata and turns that the benchmarks' own tools read.
     answers = _read_jsonl(client.download_artifacts(run.info.run_id, "eval/arena_hard_answers.jsonl", str(tmp_path)))
-    assert len(answers) == 6 and "bold_count" in answers[0]["conv_metadata"]
+    assert len(answers) == 6
+    assert "bold_count" in answers[0]["conv_metadata"]
     mt_answers = _read_jsonl(client.download_artifacts(run.info.run_id, "eval/mt_bench_answers.jsonl", str(tmp_path)))
-    assert len(mt_answers) == 8 and all(len(record["choices"][0]["turns"]) == 2 for record in mt_answers)
+    assert len(mt_answers) == 8
+    assert all(len(record["choices"][0]["turns"]) == 2 for record in mt_answers)
 
     # The logged judgment files rescore with `rspo-bench score` to the logged numbers.
     judgments = client.download_artifacts(run.info.run_id, "eval/mt_bench_judgments.jsonl", str(tmp_path))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rspo_bench.config import ExperimentConfig, load_config
-from rspo_bench.evals.suite import BENCHMARKS, BenchmarkResult, PolicyEvaluator, benchmark_tags
+from rspo_bench.evals.suite import BENCHMARKS, BenchmarkResult, PolicyEvaluator, alpaca_eval2_tags
 from rspo_bench.logs import get_logger
 
 logger = get_logger(__name__)
@@ -28,7 +28,7 @@ DEFAULT_EXPERIMENT = "rspo-bench-eval"
 
 @dataclass
 class EvalRun:
-    """What ``rspo-bench eval`` measured for one checkpoint."""
+    """Results of ``rspo-bench eval`` for one checkpoint: each benchmark's metrics, tags and files."""
 
     model: str
     name: str
@@ -123,8 +123,8 @@ def evaluate_checkpoint(
 ) -> EvalRun:
     """Run the enabled benchmarks on ``config.world.hf.name_or_path`` and log them to MLflow."""
     from rspo_bench.cache import StageCache
-    from rspo_bench.evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
     from rspo_bench.evals.pipeline import evaluate_alpaca_eval2
+    from rspo_bench.sweeps.executors import EVAL_METRICS
     from rspo_bench.sweeps.runner import check_benchmark_data
     from rspo_bench.worlds.hf_selfplay import HFWorld
 
@@ -139,17 +139,8 @@ def evaluate_checkpoint(
     if settings.alpaca_eval2.enabled:
         result = evaluate_alpaca_eval2(world, policy, generator=config.name)
         alpaca_outputs = result.outputs
-        is_proxy = settings.judge.kind != "llm"
-        judge = f"{ALPACA_EVAL_ANNOTATOR} ({settings.judge.model})" if not is_proxy else world.judge.name
-        metrics = {f"alpaca_eval2/{key}": float(result.metrics[key]) for key in (
-            "win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "avg_length", "n_instructions")}
-        count = result.metrics["n_instructions"]
-        tags = benchmark_tags(
-            "alpaca_eval2", judge=judge, is_proxy=is_proxy,
-            version=f"AlpacaEval 2.0, {count} of 805 instructions, at most {settings.alpaca_eval2.sampling.max_new_tokens} new tokens; "
-                        f"LC: alpaca_eval 0.6.6 length_controlled_v1",
-            baseline="gpt4_1106_preview",
-        )
+        metrics = {f"alpaca_eval2/{key}": float(result.metrics[key]) for key in (*EVAL_METRICS, "n_instructions")}
+        tags = alpaca_eval2_tags(world)
         run.results.append(BenchmarkResult("alpaca_eval2", metrics, tags, {
             "eval/alpaca_eval2_outputs.json": result.outputs,
             "eval/alpaca_eval2_annotations.json": result.annotations.to_dict(orient="records"),

@@ -75,6 +75,29 @@ def benchmark_tags(benchmark: str, *, judge: str, is_proxy: bool, version: str, 
     }
 
 
+def alpaca_eval2_judge(world: Any) -> tuple[str, bool]:
+    """Return the AlpacaEval 2.0 judge's name and whether it is a proxy, from ``evaluation.judge``."""
+    from rspo_bench.evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
+
+    judge = world.config.evaluation.judge
+    if judge.kind == "llm":
+        return f"{ALPACA_EVAL_ANNOTATOR} ({judge.model})", False
+    return world.judge.name, True
+
+
+def alpaca_eval2_tags(world: Any) -> dict[str, str]:
+    """Return the ``rspo.alpaca_eval2.*`` tags of a world's AlpacaEval 2.0 evaluation."""
+    settings = world.config.evaluation.alpaca_eval2
+    count = settings.max_instructions or 805
+    judge, is_proxy = alpaca_eval2_judge(world)
+    return benchmark_tags(
+        "alpaca_eval2", judge=judge, is_proxy=is_proxy,
+        version=f"AlpacaEval 2.0, {count} of 805 instructions, at most {settings.sampling.max_new_tokens} new "
+                f"tokens; LC: alpaca_eval 0.6.6 length_controlled_v1",
+        baseline="gpt4_1106_preview",
+    )
+
+
 class PolicyEvaluator:
     """Runs the benchmarks that ``world.config.evaluation`` enables on one policy of a world.
 

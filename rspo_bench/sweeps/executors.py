@@ -57,30 +57,24 @@ class TinyExecutor:
 
     def tags(self, spec: TrialSpec) -> dict[str, str]:
         from ..evals.judge_prompts import ALPACA_EVAL_ANNOTATOR
-        from ..evals.suite import benchmark_tags
+        from ..evals.suite import alpaca_eval2_judge, alpaca_eval2_tags
 
         world = self.world
         evaluation = world.config.evaluation
         count = evaluation.alpaca_eval2.max_instructions or 805
-        if evaluation.judge.kind == "llm":
-            judge_name = f"{ALPACA_EVAL_ANNOTATOR} ({evaluation.judge.model})"
+        judge_name, is_proxy = alpaca_eval2_judge(world)
+        if is_proxy:
+            description = world.judge.description()
+        else:
             description = (f"alpaca_eval's {ALPACA_EVAL_ANNOTATOR} prompt and log-probability preference, sent "
                            f"to {evaluation.judge.model} at {evaluation.judge.base_url}.")
-        else:
-            judge_name, description = world.judge.name, world.judge.description()
-        is_proxy = evaluation.judge.kind != "llm"
         return {
             "rspo.judge": judge_name,
             "rspo.judge_is_proxy": "true" if is_proxy else "false",
             "rspo.judge_description": description,
             "rspo.data": f"AlpacaEval 2.0: {count} of 805 instructions; baseline gpt4_1106_preview; "
                          f"self-play prompts: UltraFeedback (data folder {world.data_dir})",
-            **benchmark_tags(
-                "alpaca_eval2", judge=judge_name, is_proxy=is_proxy,
-                version=f"AlpacaEval 2.0, {count} of 805 instructions, at most {evaluation.alpaca_eval2.sampling.max_new_tokens} new tokens; "
-                        f"LC: alpaca_eval 0.6.6 length_controlled_v1",
-                baseline="gpt4_1106_preview",
-            ),
+            **alpaca_eval2_tags(world),
         }
 
     @property
